@@ -1,0 +1,187 @@
+"""Baselines: ``baselines/<suite>/<case>.json``, written atomically, read back with validation.
+
+Format (UTF-8 JSON, sorted keys, indent 2): ``schema_version``, ``suite``, ``case``, ``spec_hash``,
+``env`` (python, torch, platform, cpu, threads, package versions), ``commit``, ``created`` and
+``metrics``: metric name -> ``{"folds": [...], "mean": x, "std": x}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from harness.runner import CaseResult, MetricSummary
+
+SCHEMA_VERSION = 1
+_PACKAGES = ("numpy", "scikit-learn", "scipy", "torch-pruning", "prune-harness")
+
+
+class BaselineError(ValueError):
+    """A baseline file is unreadable or malformed; the message is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    suite: str
+    case: str
+    spec_hash: str
+    env: dict[str, Any]
+    commit: str
+    created: str
+    metrics: dict[str, MetricSummary]
+    schema_version: int = SCHEMA_VERSION
+
+    def value(self, name: str) -> float | None:
+        summary = self.metrics.get(name)
+        return summary.mean if summary else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version, "suite": self.suite, "case": self.case,
+            "spec_hash": self.spec_hash, "env": self.env, "commit": self.commit,
+            "created": self.created,
+            "metrics": {k: {"folds": list(v.folds), "mean": v.mean, "std": v.std}
+                        for k, v in self.metrics.items()},
+        }
+
+    @classmethod
+    def from_result(cls, result: CaseResult, *, threads: int) -> Baseline:
+        return cls(result.suite, result.case, result.spec_hash, environment(threads),
+                   git_commit(), dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                   dict(result.metrics))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """The fingerprint stored with a baseline; ``hardware`` decides whether latency compares."""
+    import torch
+
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(terse=True),
+        "machine": platform.machine(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "packages": versions,
+    }
+
+
+def same_hardware(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("machine", "cpu", "cpu_count", "threads")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def git_commit() -> str:
+    sha = os.environ.get("GITHUB_SHA")
+    if sha:
+        return sha
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+class BaselineStore:
+    """Reads and writes ``<root>/<suite>/<case>.json``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, suite: str, case: str) -> Path:
+        return self.root / suite / f"{case}.json"
+
+    def load(self, suite: str, case: str) -> Baseline | None:
+        """The stored baseline, or None if there is none; raises :class:`BaselineError`."""
+        path = self.path(suite, case)
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BaselineError(f"{path}: not readable JSON ({err})") from err
+        return _parse(data, path)
+
+    def save(self, baseline: Baseline) -> Path:
+        """Write atomically (temporary file in the same directory, then rename)."""
+        path = self.path(baseline.suite, baseline.case)
+        write_json_atomic(path, baseline.to_dict())
+        return path
+
+    def save_obtained(self, baseline: Baseline) -> Path:
+        """Write the new results next to the baseline (``<case>.obtained.json``) for review."""
+        path = self.path(baseline.suite, baseline.case).with_suffix(".obtained.json")
+        write_json_atomic(path, baseline.to_dict())
+        return path
+
+    def list(self) -> list[Path]:
+        return sorted(p for p in self.root.glob("*/*.json") if not p.name.endswith(".obtained.json"))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, sort_keys=True, indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _parse(data: Any, path: Path) -> Baseline:
+    def bad(key: str, value: Any, problem: str) -> BaselineError:
+        return BaselineError(f"{path}: {key} = {value!r}: {problem}")
+
+    if not isinstance(data, dict):
+        raise bad("<root>", type(data).__name__, "must be a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise bad("schema_version", version, f"expected {SCHEMA_VERSION}")
+    for key in ("suite", "case", "spec_hash", "commit", "created"):
+        if not isinstance(data.get(key), str):
+            raise bad(key, data.get(key), "must be a string")
+    if not isinstance(data.get("env"), dict):
+        raise bad("env", data.get("env"), "must be an object")
+    raw = data.get("metrics")
+    if not isinstance(raw, dict):
+        raise bad("metrics", raw, "must be an object")
+    metrics = {}
+    for name, m in raw.items():
+        if not (isinstance(m, dict) and isinstance(m.get("folds"), list)
+                and all(isinstance(v, int | float) for v in [*m["folds"], m.get("mean"), m.get("std")])):
+            raise bad(f"metrics.{name}", m, 'must be {"folds": [numbers], "mean": x, "std": x}')
+        metrics[name] = MetricSummary(tuple(float(v) for v in m["folds"]), float(m["mean"]),
+                                      float(m["std"]))
+    return Baseline(data["suite"], data["case"], data["spec_hash"], data["env"], data["commit"],
+                    data["created"], metrics, version)

@@ -1,0 +1,48 @@
+"""Stratified k-fold splits (scikit-learn) with feature scaling fitted on the training fold only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+from harness.data.registry import Dataset
+
+
+@dataclass(frozen=True, eq=False)
+class Fold:
+    """One fold: indices into the dataset and the scaled train / validation arrays."""
+
+    index: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+
+
+def make_folds(dataset: Dataset, k: int, *, seed: int) -> list[Fold]:
+    """Stratified, shuffled k-fold; the scaler is fitted on each training fold only.
+
+    Deterministic for a given ``seed``. Features are standardized (zero mean, unit variance per
+    feature, constant features left at zero).
+    """
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    folds = []
+    for i, (train_idx, val_idx) in enumerate(splitter.split(dataset.X, dataset.y)):
+        scaler = StandardScaler().fit(dataset.X[train_idx])
+        folds.append(
+            Fold(
+                index=i,
+                train_idx=train_idx,
+                val_idx=val_idx,
+                X_train=scaler.transform(dataset.X[train_idx]).astype(np.float32),
+                y_train=dataset.y[train_idx],
+                X_val=scaler.transform(dataset.X[val_idx]).astype(np.float32),
+                y_val=dataset.y[val_idx],
+            )
+        )
+    return folds

@@ -1,0 +1,200 @@
+"""The gate: a case's result vs its baseline and vs the dense model of the same run -> Verdict."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+from harness.baseline import Baseline, same_hardware
+from harness.metrics import Direction, MetricRef, rule_target
+from harness.runner import CaseResult
+from harness.spec import RuleSpec
+
+EPS = 1e-12
+
+
+class Status(Enum):
+    PASS = "pass"
+    REGRESSED = "regressed"
+    NEW = "new"  # no baseline yet
+    SPEC_CHANGED = "spec-changed"
+
+    @property
+    def ok(self) -> bool:
+        return self is Status.PASS
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule applied: ``passed`` is None when the rule was skipped (``note`` says why)."""
+
+    key: str
+    metric: str
+    reference: float | None  # baseline value, dense value, or None for absolute bounds
+    now: float | None
+    allowed: str
+    rule: str
+    passed: bool | None
+    note: str = ""
+
+    def line(self) -> str:
+        ref = "" if self.reference is None else f"{self._against()} {_fmt(self.reference)}, "
+        return f"{self.key}: {ref}now {_fmt(self.now)}, allowed {self.allowed} ({self.rule})"
+
+    def _against(self) -> str:
+        return "dense" if self.key.startswith("vs_dense.") else "baseline"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A parsed gate rule; :meth:`check` applies it."""
+
+    key: str
+    ref: MetricRef
+    vs_dense: bool
+    max_drop: float | None = None
+    max_rel_drop: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @classmethod
+    def parse(cls, spec: RuleSpec) -> Rule:
+        ref, vs_dense = rule_target(spec.metric)
+        return cls(spec.metric, ref, vs_dense, spec.max_drop, spec.max_rel_drop, spec.min, spec.max)
+
+    def describe(self) -> str:
+        parts = [f"{k} {v:g}" for k, v in (("max_drop", self.max_drop),
+                 ("max_rel_drop", self.max_rel_drop), ("min", self.min), ("max", self.max))
+                 if v is not None]
+        against = " vs dense" if self.vs_dense else " vs baseline" if self._relative else ""
+        return ", ".join(parts) + against
+
+    @property
+    def _relative(self) -> bool:
+        return self.max_drop is not None or self.max_rel_drop is not None
+
+    def check(self, result: CaseResult, baseline: Baseline | None, *, hardware_note: str) -> Check:
+        name = self.ref.name
+        now = result.value(name)
+        if now is None:
+            return self._skip(None, None, f"{name} was not measured")
+        reference: float | None = None
+        bounds: list[tuple[str, float]] = []  # (comparison, bound) in the metric's "good" sense
+        if self._relative:
+            if self.vs_dense:
+                reference = result.value(f"dense.{self.ref.base}")
+                if reference is None:
+                    return self._skip(None, now, f"dense.{self.ref.base} was not measured")
+            else:
+                if baseline is None:
+                    return self._skip(None, now, "no baseline")
+                if self.ref.hardware_bound and hardware_note:
+                    return self._skip(baseline.value(name), now, hardware_note)
+                reference = baseline.value(name)
+                if reference is None:
+                    return self._skip(None, now, f"{name} is not in the baseline (--harness-regen)")
+            higher = self.ref.direction is Direction.HIGHER
+            sign = 1 if higher else -1
+            if self.max_drop is not None:
+                bounds.append((">=" if higher else "<=", reference - sign * self.max_drop))
+            if self.max_rel_drop is not None:
+                bounds.append((">=" if higher else "<=",
+                               reference - sign * self.max_rel_drop * abs(reference)))
+        if self.min is not None:
+            bounds.append((">=", self.min))
+        if self.max is not None:
+            bounds.append(("<=", self.max))
+        failed = [(op, b) for op, b in bounds if not _holds(now, op, b)]
+        shown = failed or bounds
+        allowed = " and ".join(f"{op} {_fmt(b)}" for op, b in _tightest(shown))
+        return Check(self.key, name, reference, now, allowed, self.describe(), not failed)
+
+    def _skip(self, reference: float | None, now: float | None, note: str) -> Check:
+        return Check(self.key, self.ref.name, reference, now, "-", self.describe(), None, note)
+
+
+def _holds(now: float, op: str, bound: float) -> bool:
+    if math.isnan(now):
+        return False
+    return now >= bound - EPS if op == ">=" else now <= bound + EPS
+
+
+def _tightest(bounds: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    lows = [b for op, b in bounds if op == ">="]
+    highs = [b for op, b in bounds if op == "<="]
+    return ([(">=", max(lows))] if lows else []) + ([("<=", min(highs))] if highs else [])
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == int(value) and abs(value) >= 1000:
+        return f"{int(value)}"
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's decision for one case, rendered by the plugin, the CLI and the reports."""
+
+    suite: str
+    case: str
+    status: Status
+    checks: tuple[Check, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    baseline_commit: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status.ok
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.passed is False)
+
+    def lines(self) -> list[str]:
+        """What a failing case prints: one line per regressed metric, then the notes."""
+        return [c.line() for c in self.failed] + list(self.notes)
+
+
+def evaluate(
+    result: CaseResult,
+    baseline: Baseline | None,
+    rules: tuple[RuleSpec, ...],
+    *,
+    threads: int,
+    regen_hint: str,
+) -> Verdict:
+    """Apply ``rules`` to ``result``.
+
+    Without a baseline the verdict is ``new`` and ``spec-changed`` when the baseline was made from
+    another spec; both fail and say how to fix it (``regen_hint``). Rules against the dense model
+    and absolute bounds are still checked and reported.
+    """
+    from harness.baseline import environment
+
+    hardware_note = ""
+    if baseline is not None and not same_hardware(baseline.env, environment(threads)):
+        hardware_note = (f"skipped: baseline measured on other hardware ({baseline.env.get('cpu')},"
+                         f" {baseline.env.get('threads')} threads); compare same-run speedup")
+    usable = baseline if baseline is not None and baseline.spec_hash == result.spec_hash else None
+    checks = tuple(Rule.parse(r).check(result, usable, hardware_note=hardware_note) for r in rules)
+    failed = any(c.passed is False for c in checks)
+    notes: list[str] = []
+    if baseline is None:
+        status = Status.NEW
+        notes.append(f"no baseline for {result.suite}/{result.case}; create it with {regen_hint}")
+    elif baseline.spec_hash != result.spec_hash:
+        status = Status.SPEC_CHANGED
+        notes.append(f"the case spec changed since its baseline (spec hash {baseline.spec_hash} -> "
+                     f"{result.spec_hash}); review and rewrite it with {regen_hint}")
+    elif failed:
+        status = Status.REGRESSED
+        notes.append(f"if the change is intended, rewrite the baseline with {regen_hint}")
+    else:
+        status = Status.PASS
+    skipped = sorted({c.note for c in checks if c.passed is None and c.note.startswith("skipped")})
+    notes.extend(skipped)
+    return Verdict(result.suite, result.case, status, checks, tuple(notes),
+                   baseline.commit if baseline else None)

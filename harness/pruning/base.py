@@ -1,0 +1,133 @@
+"""The pruning interface.
+
+A :class:`Pruner` is created from a :class:`~harness.spec.PruneSpec`. The runner calls
+:meth:`Pruner.step` once per round with the cumulative target sparsity of that round (one round for
+``oneshot``, ``steps`` rounds for ``iterative``), fine-tunes between rounds, and finally calls
+:meth:`Pruner.finalize` to make the pruning permanent. Unstructured techniques only override
+:meth:`MaskPruner.scores`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from harness.spec import PruneSpec
+
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True, eq=False)
+class PruneContext:
+    """What a technique may use: a batch of example inputs and the (scaled) training fold."""
+
+    example: torch.Tensor
+    X_train: np.ndarray
+    y_train: np.ndarray
+    seed: int
+
+
+def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Linear and convolution layers, in definition order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE)]
+
+
+class Pruner(ABC):
+    """One pruning technique. Subclasses set ``name``, ``summary`` and ``reference``."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    reference: ClassVar[str]
+    structured: ClassVar[bool] = False
+    arg_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, spec: PruneSpec) -> None:
+        self.spec = spec
+
+    @classmethod
+    def check(cls, spec: PruneSpec) -> str | None:
+        """The problem with ``spec`` for this technique, or None."""
+        unknown = set(spec.args) - set(cls.arg_names)
+        if unknown:
+            known = ", ".join(cls.arg_names) or "none"
+            return f"unknown prune.args {', '.join(sorted(unknown))} (known: {known})"
+        return None
+
+    @abstractmethod
+    def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
+        """Prune ``model`` to the cumulative ``target`` sparsity; returns the (new) model."""
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Make the pruning permanent (masks folded into the weights)."""
+        return model
+
+
+class MaskPruner(Pruner):
+    """Unstructured pruning by score through ``torch.nn.utils.prune`` masks.
+
+    ``scope = "global"`` ranks all weights of all prunable layers together, ``"layer"`` prunes
+    every layer to the target separately. Already-pruned weights stay pruned.
+    """
+
+    @abstractmethod
+    def scores(self, model: nn.Module, ctx: PruneContext) -> Mapping[nn.Module, torch.Tensor]:
+        """Importance per weight (same shape as ``module.weight``); lowest is pruned first."""
+
+    def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
+        modules = [m for _, m in prunable_modules(model)]
+        with torch.no_grad():
+            scores = self.scores(model, ctx)
+            ranked = {}
+            for m in modules:
+                s = scores[m].detach().clone().float()
+                mask = getattr(m, "weight_mask", None)
+                if mask is not None:
+                    s[mask == 0] = -torch.inf  # keep what is pruned pruned
+                ranked[m] = s
+            if self.spec.scope == "global":
+                flat = torch.cat([ranked[m].flatten() for m in modules])
+                keep = _keep_mask(flat, target)
+                offset = 0
+                for m in modules:
+                    n = ranked[m].numel()
+                    prune.custom_from_mask(m, "weight", keep[offset : offset + n].view_as(m.weight))
+                    offset += n
+            else:
+                for m in modules:
+                    keep = _keep_mask(ranked[m].flatten(), target)
+                    prune.custom_from_mask(m, "weight", keep.view_as(m.weight))
+        return model
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        for _, m in prunable_modules(model):
+            if prune.is_pruned(m) and hasattr(m, "weight_mask"):
+                prune.remove(m, "weight")
+        return model
+
+
+def _keep_mask(scores: torch.Tensor, target: float) -> torch.Tensor:
+    """1 for the weights kept, 0 for the ``round(target * n)`` lowest scores (stable order)."""
+    n_prune = round(target * scores.numel())
+    keep = torch.ones_like(scores)
+    if n_prune:
+        keep[torch.argsort(scores, stable=True)[:n_prune]] = 0
+    return keep
+
+
+def schedule_targets(spec: PruneSpec) -> list[float]:
+    """Cumulative sparsity per round. Iterative rounds remove the same fraction of what remains
+    (Han et al. 2015), so round ``t`` of ``N`` reaches ``1 - (1 - s) ** (t / N)``."""
+    if spec.schedule == "oneshot" or spec.steps == 1:
+        return [spec.sparsity]
+    return [1 - (1 - spec.sparsity) ** (t / spec.steps) for t in range(1, spec.steps + 1)]
+
+
+def describe(args: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(args.items()))

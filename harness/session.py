@@ -1,0 +1,134 @@
+"""The orchestration both faces share: check a case (run -> baseline -> gate -> report) and
+record a session's outcomes (tracking, summaries). ``plugin.py`` and ``cli.py`` only wire this up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.baseline import Baseline, BaselineStore
+from harness.gate import Check, Status, Verdict, evaluate
+from harness.runner import CaseResult, run_case
+from harness.spec import CaseSpec, SuiteSpec
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Session-wide settings shared by the plugin and the CLI."""
+
+    baselines: Path
+    regen: bool = False
+    report_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A checked case: what was measured, the verdict, and where things were written."""
+
+    result: CaseResult
+    verdict: Verdict
+    params: dict[str, str]
+    source: str
+    baseline_path: str | None = None  # written by --harness-regen
+    obtained_path: str | None = None  # written next to a baseline the case did not meet
+
+    def to_json(self) -> str:
+        verdict = {
+            "suite": self.verdict.suite, "case": self.verdict.case,
+            "status": self.verdict.status.value,
+            "checks": [asdict(c) for c in self.verdict.checks],
+            "notes": list(self.verdict.notes), "baseline_commit": self.verdict.baseline_commit,
+        }
+        return json.dumps({"result": self.result.to_dict(), "verdict": verdict,
+                           "params": self.params, "source": self.source,
+                           "baseline_path": self.baseline_path,
+                           "obtained_path": self.obtained_path})
+
+    @classmethod
+    def from_json(cls, text: str) -> Outcome:
+        data = json.loads(text)
+        v = data["verdict"]
+        verdict = Verdict(v["suite"], v["case"], Status(v["status"]),
+                          tuple(Check(**c) for c in v["checks"]), tuple(v["notes"]),
+                          v["baseline_commit"])
+        return cls(CaseResult.from_dict(data["result"]), verdict, data["params"], data["source"],
+                   data["baseline_path"], data["obtained_path"])
+
+
+def flat_params(suite: SuiteSpec, case: CaseSpec) -> dict[str, str]:
+    """The case spec flattened to dotted keys (MLflow params, reports)."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+
+    walk("", {
+        "suite": suite.name, "case": case.name, "dataset": suite.dataset,
+        "dataset_args": dict(suite.dataset_args), "model": suite.model,
+        "model_args": dict(suite.model_args), "seed": suite.seed, "threads": suite.threads,
+        "cv.folds": suite.folds, "train": asdict(suite.train),
+        "prune": {**asdict(case.prune), "args": dict(case.prune.args)},
+        "finetune": asdict(case.finetune) if case.finetune else "none",
+        "spec_hash": suite.spec_hash(case),
+    })
+    return out
+
+
+def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hint: str) -> Outcome:
+    """Run a case, compare it with its baseline (or rewrite it with ``settings.regen``), gate it.
+
+    Raises
+    ------
+    harness.baseline.BaselineError
+        If the stored baseline is unreadable.
+    """
+    store = BaselineStore(settings.baselines)
+    baseline = store.load(suite.name, case.name)
+    result = run_case(suite, case)
+    written = obtained = None
+    fresh = Baseline.from_result(result, threads=suite.threads)
+    if settings.regen:
+        written = str(store.save(fresh))
+        baseline = fresh
+    verdict = evaluate(result, baseline, suite.rules(case), threads=suite.threads,
+                       regen_hint=regen_hint)
+    if not verdict.ok and baseline is not None and not settings.regen:
+        obtained = str(store.save_obtained(fresh))
+    outcome = Outcome(result, verdict, flat_params(suite, case), suite.source, written, obtained)
+    if settings.report_dir is not None:
+        from harness import report
+
+        report.write_case(settings.report_dir, outcome)
+    return outcome
+
+
+@dataclass
+class Recorder:
+    """Collects a session's outcomes in one process (the pytest controller, or the CLI) and logs
+    each to the tracker as it arrives."""
+
+    settings: Settings
+    tracker: Any = None  # harness.tracking.Tracker, created lazily by the face
+    outcomes: list[Outcome] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    def add(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        if self.tracker is not None:
+            self.tracker.log_case(outcome)
+
+    def finish(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close(all(o.verdict.ok for o in self.outcomes))
+            self.messages.extend(self.tracker.messages)
+        if self.settings.report_dir is not None and self.outcomes:
+            from harness import report
+
+            report.write_session(self.settings.report_dir, self.outcomes)

@@ -1,0 +1,451 @@
+"""Suite and case specification: frozen dataclasses, TOML loading and validation.
+
+A suite file is TOML with a ``[suite]`` table, optional ``[cv]``, ``[train]``, ``[latency]`` and
+``[gate]`` tables, and one ``[[case]]`` table per pruning case. Every user error is reported as one
+:class:`SpecError` line naming the file, the key and the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("constant", "cosine", "step", "onecycle", "plateau")
+SCHEDULES = ("oneshot", "iterative")
+SCOPES = ("global", "layer")
+RULE_KEYS = ("max_drop", "max_rel_drop", "min", "max")
+
+
+class SpecError(ValueError):
+    """A suite file (or a spec built in Python) is invalid; ``str()`` is one line for the user."""
+
+    def __init__(self, source: str, key: str, value: Any, problem: str) -> None:
+        self.source, self.key, self.value, self.problem = source, key, value, problem
+        shown = value if isinstance(value, str) and value.startswith("<") else repr(value)
+        super().__init__(f"{source}: {key} = {shown}: {problem}")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How to train (dense) or fine-tune (after each pruning round)."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    scheduler: str = "cosine"
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    step_size: int = 10
+    gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """Which pruning technique, how much, and on what schedule."""
+
+    method: str
+    sparsity: float
+    scope: str = "global"
+    schedule: str = "oneshot"
+    steps: int = 1
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One gate rule as written: ``"pruned.f1_macro" = { max_drop = 0.01 }``."""
+
+    metric: str
+    max_drop: float | None = None
+    max_rel_drop: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One pruning case of a suite."""
+
+    name: str
+    prune: PruneSpec
+    finetune: TrainSpec | None = None
+    gate: tuple[RuleSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    """Latency measurement: warm-up and timed repeats at batch 1 and at ``batch``."""
+
+    batch: int = 256
+    warmup: int = 10
+    repeats: int = 50
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """A suite: one dataset and model, k-fold settings, dense training, gate defaults, cases."""
+
+    name: str
+    dataset: str
+    model: str
+    cases: tuple[CaseSpec, ...]
+    model_args: Mapping[str, Any] = field(default_factory=dict)
+    dataset_args: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    threads: int = 1
+    folds: int = 5
+    train: TrainSpec = field(default_factory=TrainSpec)
+    latency: LatencySpec = field(default_factory=LatencySpec)
+    gate: tuple[RuleSpec, ...] = ()
+    source: str = "<python>"
+
+    def case(self, name: str) -> CaseSpec:
+        for case in self.cases:
+            if case.name == name:
+                return case
+        raise KeyError(f"{self.source}: no case named {name!r} (cases: {self.case_names()})")
+
+    def case_names(self) -> str:
+        return ", ".join(c.name for c in self.cases)
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative data paths in this suite are resolved against."""
+        return Path(self.source).parent if not self.source.startswith("<") else Path.cwd()
+
+    def dense_key(self) -> str:
+        """Hash of everything that determines the dense models (data, model, folds, training)."""
+        return _digest(
+            {
+                "dataset": self.dataset,
+                "dataset_args": dict(self.dataset_args),
+                "model": self.model,
+                "model_args": dict(self.model_args),
+                "seed": self.seed,
+                "threads": self.threads,
+                "folds": self.folds,
+                "train": asdict(self.train),
+            }
+        )
+
+    def spec_hash(self, case: CaseSpec) -> str:
+        """Hash of the normalized spec that determines a case's metrics (gate rules excluded)."""
+        return _digest(
+            {
+                "dense": self.dense_key(),
+                "latency": asdict(self.latency),
+                "prune": _plain(asdict(case.prune)),
+                "finetune": asdict(case.finetune) if case.finetune else None,
+            }
+        )
+
+    def rules(self, case: CaseSpec) -> tuple[RuleSpec, ...]:
+        """Suite gate defaults overridden per metric by the case's own rules."""
+        merged = {r.metric: r for r in self.gate}
+        merged.update({r.metric: r for r in case.gate})
+        return tuple(merged.values()) if merged else DEFAULT_RULES
+
+
+DEFAULT_RULES: tuple[RuleSpec, ...] = (
+    RuleSpec("pruned.f1_macro", max_drop=0.01),
+    RuleSpec("pruned.accuracy", max_drop=0.01),
+    RuleSpec("vs_dense.f1_macro", max_drop=0.05),
+)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in sorted(obj.items())}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _digest(obj: Any) -> str:
+    text = json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+class _Table:
+    """A TOML table being validated: typed ``take`` calls, then ``done`` rejects unknown keys."""
+
+    def __init__(self, data: Any, source: str, path: str) -> None:
+        if not isinstance(data, dict):
+            raise SpecError(source, path, data, "must be a table")
+        self.data, self.source, self.path = dict(data), source, path
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def fail(self, name: str, value: Any, problem: str) -> SpecError:
+        return SpecError(self.source, self.key(name), value, problem)
+
+    def take(
+        self,
+        name: str,
+        kind: type | tuple[type, ...],
+        default: Any = ...,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            if default is ...:
+                raise SpecError(self.source, self.key(name), "<missing>", "required key")
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            raise self.fail(name, value, f"must be {names}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(name, value, "must be finite")
+        if check is not None and (problem := check(value)) is not None:
+            raise self.fail(name, value, problem)
+        return value
+
+    def sub(self, name: str) -> _Table:
+        self.seen.add(name)
+        return _Table(self.data.get(name, {}), self.source, self.key(name))
+
+    def done(self) -> None:
+        for name in self.data:
+            if name not in self.seen:
+                raise self.fail(name, self.data[name], "unknown key")
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               dict: "a table", list: "an array"}
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in options else f"must be one of {', '.join(options)}"
+
+    return check
+
+
+def _train(table: _Table, defaults: TrainSpec) -> TrainSpec:
+    spec = TrainSpec(
+        epochs=table.take("epochs", int, defaults.epochs, _positive),
+        lr=table.take("lr", float, defaults.lr, _positive),
+        optimizer=table.take("optimizer", str, defaults.optimizer, _one_of(OPTIMIZERS)),
+        scheduler=table.take("scheduler", str, defaults.scheduler, _one_of(SCHEDULERS)),
+        batch_size=table.take("batch_size", int, defaults.batch_size, _positive),
+        weight_decay=table.take("weight_decay", float, defaults.weight_decay, _non_negative),
+        momentum=table.take("momentum", float, defaults.momentum, _non_negative),
+        step_size=table.take("step_size", int, defaults.step_size, _positive),
+        gamma=table.take("gamma", float, defaults.gamma, _positive),
+    )
+    table.done()
+    return spec
+
+
+def _sparsity(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+def _prune(table: _Table) -> PruneSpec:
+    from harness.pruning import registry
+
+    method = table.take("method", str)
+    if method not in registry.names():
+        raise table.fail("method", method, f"unknown method (known: {', '.join(registry.names())})")
+    schedule = table.take("schedule", str, "oneshot", _one_of(SCHEDULES))
+    steps = table.take("steps", int, 3 if schedule == "iterative" else 1, _positive)
+    if schedule == "oneshot" and steps != 1:
+        raise table.fail("steps", steps, 'must be 1 with schedule = "oneshot"')
+    spec = PruneSpec(
+        method=method,
+        sparsity=table.take("sparsity", float, check=_sparsity),
+        scope=table.take("scope", str, "global", _one_of(SCOPES)),
+        schedule=schedule,
+        steps=steps,
+        args=table.take("args", dict, {}),
+    )
+    table.done()
+    if (problem := registry.get(method).check(spec)) is not None:
+        raise table.fail("method", method, problem)
+    return spec
+
+
+_METRIC_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+
+
+def _rules(table: _Table) -> tuple[RuleSpec, ...]:
+    from harness.metrics import UnknownMetricError, rule_target
+
+    rules = []
+    for metric in list(table.data):
+        try:
+            rule_target(metric)
+        except UnknownMetricError as err:
+            raise table.fail(metric, table.data[metric], f"unknown metric ({err})") from err
+        body = table.sub(metric)
+        values = {k: body.take(k, float, None) for k in RULE_KEYS}
+        body.done()
+        if all(v is None for v in values.values()):
+            raise table.fail(metric, table.data[metric], f"a rule needs one of {', '.join(RULE_KEYS)}")
+        for k in ("max_drop", "max_rel_drop"):
+            if values[k] is not None and values[k] < 0:
+                raise body.fail(k, values[k], "must be >= 0")
+        rules.append(RuleSpec(metric, **values))
+    table.done()
+    return tuple(rules)
+
+
+def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteSpec:
+    """Validate a suite given as a dict (the parsed TOML) and build its :class:`SuiteSpec`.
+
+    Raises
+    ------
+    SpecError
+        On the first invalid key, naming the source, the key and the value.
+    """
+    from harness.data import registry as data_registry
+    from harness.models import ModelError, resolve
+
+    top = _Table(data, source, "")
+    suite = top.sub("suite")
+    name = suite.take("name", str, Path(source).stem if not source.startswith("<") else "suite")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise suite.fail("name", name, "use letters, digits, '-', '_', '.' only")
+    dataset = suite.take("dataset", str)
+    dataset_args = suite.take("dataset_args", dict, {})
+    base = Path(source).parent if not source.startswith("<") else Path.cwd()
+    if (problem := data_registry.check(dataset, dataset_args, base)) is not None:
+        raise suite.fail("dataset", dataset, problem)
+    model = suite.take("model", str, "harness.models:mlp")
+    try:
+        resolve(model)
+    except ModelError as err:
+        raise suite.fail("model", model, str(err)) from err
+    model_args = suite.take("model_args", dict, {})
+    _check_model(suite, model, model_args, dataset, dataset_args, base)
+    seed = suite.take("seed", int, 0, _non_negative)
+    threads = suite.take("threads", int, 1, _positive)
+    suite.done()
+
+    cv = top.sub("cv")
+    folds = cv.take("folds", int, 5)
+    if folds < 2:
+        raise cv.fail("folds", folds, "must be >= 2")
+    smallest = data_registry.smallest_class(dataset, dataset_args, base)
+    if folds > smallest:
+        raise cv.fail("folds", folds, f"more folds than the smallest class has samples ({smallest})")
+    cv.done()
+
+    train = _train(top.sub("train"), TrainSpec())
+    lat = top.sub("latency")
+    latency = LatencySpec(
+        batch=lat.take("batch", int, 256, _positive),
+        warmup=lat.take("warmup", int, 10, _non_negative),
+        repeats=lat.take("repeats", int, 50, _positive),
+    )
+    lat.done()
+    gate = _rules(top.sub("gate"))
+
+    top.seen.add("case")
+    raw_cases = data.get("case", [])
+    if not isinstance(raw_cases, list) or not raw_cases:
+        raise SpecError(source, "case", raw_cases if raw_cases else "<missing>",
+                        "a suite needs at least one [[case]]")
+    cases: list[CaseSpec] = []
+    for i, raw in enumerate(raw_cases):
+        label = raw.get("name", i) if isinstance(raw, dict) else i
+        table = _Table(raw, source, f"case[{label}]")
+        case_name = table.take("name", str)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", case_name):
+            raise table.fail("name", case_name, "use letters, digits, '-', '_', '.' only")
+        if any(c.name == case_name for c in cases):
+            raise table.fail("name", case_name, "duplicate case name")
+        prune = _prune(table.sub("prune"))
+        finetune = _train(table.sub("finetune"), train) if "finetune" in table.data else None
+        case_gate = _rules(table.sub("gate"))
+        table.done()
+        cases.append(CaseSpec(case_name, prune, finetune, case_gate))
+    top.done()
+    return SuiteSpec(
+        name=name, dataset=dataset, model=model, cases=tuple(cases), model_args=model_args,
+        dataset_args=dataset_args, seed=seed, threads=threads, folds=folds, train=train,
+        latency=latency, gate=gate, source=source,
+    )
+
+
+def _check_model(table: _Table, model: str, model_args: dict[str, Any], dataset: str,
+                 dataset_args: dict[str, Any], base: Path) -> None:
+    from harness.data import load_dataset
+    from harness.models import ModelError, build
+
+    ds = load_dataset(dataset, dataset_args, base)
+    try:
+        build(model, ds.n_features, ds.n_classes, model_args)
+    except ModelError as err:
+        raise table.fail("model_args", model_args, str(err)) from err
+
+
+def load_suite(path: str | Path) -> SuiteSpec:
+    """Read and validate a suite file.
+
+    Raises
+    ------
+    SpecError
+        If the file cannot be read, is not valid TOML, or any key is invalid.
+    """
+    path = Path(path)
+    source = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(source, "<file>", str(path), f"cannot read: {err}") from err
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(source, "<toml>", "<invalid>", f"invalid TOML: {err}") from err
+    return suite_from_dict(data, source)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def import_callable(ref: str) -> Callable[..., Any]:
+    """Import ``"module:callable"``; raises ``ImportError``/``AttributeError``/``ValueError``."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError('must look like "module:callable"')
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"{ref} is not callable")
+    return obj  # type: ignore[no-any-return]

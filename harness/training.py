@@ -1,0 +1,103 @@
+"""Seeded, deterministic training and fine-tuning loops with learning-rate schedulers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.spec import TrainSpec
+
+
+@dataclass(frozen=True)
+class TrainLog:
+    """Mean training loss and learning rate per epoch."""
+
+    loss: tuple[float, ...]
+    lr: tuple[float, ...]
+
+
+def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                               weight_decay=spec.weight_decay)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+class _Schedule:
+    """Uniform stepping for torch's schedulers: per batch, per epoch, or on the epoch loss."""
+
+    def __init__(self, opt: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int) -> None:
+        total = spec.epochs * steps_per_epoch
+        self.kind = spec.scheduler
+        self.sched: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
+        if spec.scheduler == "cosine":
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        elif spec.scheduler == "onecycle":
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total)
+        elif spec.scheduler == "step":
+            self.sched = torch.optim.lr_scheduler.StepLR(opt, step_size=spec.step_size,
+                                                         gamma=spec.gamma)
+        elif spec.scheduler == "plateau":
+            self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=spec.gamma,
+                                                                    patience=2)
+        else:
+            self.sched = None
+
+    def after_batch(self) -> None:
+        if self.kind in ("cosine", "onecycle"):
+            self.sched.step()  # type: ignore[union-attr]
+
+    def after_epoch(self, loss: float) -> None:
+        if self.kind == "step":
+            self.sched.step()  # type: ignore[union-attr]
+        elif self.kind == "plateau":
+            self.sched.step(loss)  # type: ignore[union-attr]
+
+
+def fit(model: nn.Module, X: np.ndarray, y: np.ndarray, spec: TrainSpec, *, seed: int) -> TrainLog:
+    """Train ``model`` in place with cross-entropy; same inputs and seed -> same weights.
+
+    Pruning masks registered with ``torch.nn.utils.prune`` stay in force: masked weights get no
+    gradient and stay zero.
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    n = len(Xt)
+    steps = max(1, -(-n // spec.batch_size))
+    opt = _optimizer(model, spec)
+    schedule = _Schedule(opt, spec, steps)
+    loss_fn = nn.CrossEntropyLoss()
+    losses, lrs = [], []
+    model.train()
+    for _ in range(spec.epochs):
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        lrs.append(float(opt.param_groups[0]["lr"]))
+        for start in range(0, n, spec.batch_size):
+            idx = order[start : start + spec.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(Xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+            schedule.after_batch()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / n)
+        schedule.after_epoch(losses[-1])
+    model.eval()
+    return TrainLog(tuple(losses), tuple(lrs))
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Logits for every row of ``X`` (evaluation mode)."""
+    model.eval()
+    Xt = torch.as_tensor(X)
+    out = [model(Xt[i : i + batch_size]) for i in range(0, len(Xt), batch_size)]
+    return torch.cat(out).numpy()
