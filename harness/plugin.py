@@ -61,9 +61,10 @@ class HarnessPlugin:
         keep = []
         for name, value in report.user_properties:
             if name == OUTCOME_PROPERTY:
-                from harness.session import Outcome
+                if report.when == "call":  # the teardown report carries the same properties
+                    from harness.session import Outcome
 
-                self.recorder.add(Outcome.from_json(value))
+                    self.recorder.add(Outcome.from_json(value))
             else:
                 keep.append((name, value))
         report.user_properties = keep  # the full outcome is not a junitxml property

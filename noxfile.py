@@ -1,0 +1,41 @@
+"""Sessions: ``gate`` (the reference suites against baselines/), ``tests``, ``lint``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["gate", "tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+CONSTRAINTS = ("-c", "constraints.txt")
+
+
+def _install(session: nox.Session, extras: str = "") -> None:
+    # torch first and pinned (constraints.txt): the CPU build, never a multi-GB CUDA one.
+    session.install(*CONSTRAINTS, "torch==2.13.0")
+    session.install(*CONSTRAINTS, "-e", f".[{extras}]" if extras else ".")
+
+
+@nox.session
+def gate(session: nox.Session) -> None:
+    """Run the reference suites through the gate (MLflow: SQLite store mlflow.db by default)."""
+    _install(session, "test")
+    session.run(
+        "pytest", "suites", "-n", "2", "--dist", "loadfile", "-p", "no:cacheprovider",
+        "--harness-report", "harness-report", *session.posargs,
+    )
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the harness's own tests (unit, property-based, pytester end-to-end, xdist)."""
+    _install(session, "test")
+    session.run("pytest", "tests", "-n", "2", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff and mypy on harness/."""
+    session.install(*CONSTRAINTS, "ruff", "mypy")
+    session.run("ruff", "check", "harness", "tests", "noxfile.py")
+    session.run("mypy", "harness")
