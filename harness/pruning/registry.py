@@ -15,10 +15,15 @@ P = TypeVar("P", bound="type[Pruner]")
 
 def register(cls: P) -> P:
     """Class decorator: make a :class:`Pruner` available under ``cls.name``."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+    old = _REGISTRY.get(cls.name)
+    if old is not None and _qualname(old) != _qualname(cls):  # a re-import replaces itself
         raise ValueError(f"pruning method {cls.name!r} is registered twice")
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _load_builtins() -> None:
