@@ -45,18 +45,30 @@ class Baseline:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema_version": self.schema_version, "suite": self.suite, "case": self.case,
-            "spec_hash": self.spec_hash, "env": self.env, "commit": self.commit,
+            "schema_version": self.schema_version,
+            "suite": self.suite,
+            "case": self.case,
+            "spec_hash": self.spec_hash,
+            "env": self.env,
+            "commit": self.commit,
             "created": self.created,
-            "metrics": {k: {"folds": list(v.folds), "mean": v.mean, "std": v.std}
-                        for k, v in self.metrics.items()},
+            "metrics": {
+                k: {"folds": list(v.folds), "mean": v.mean, "std": v.std}
+                for k, v in self.metrics.items()
+            },
         }
 
     @classmethod
     def from_result(cls, result: CaseResult, *, threads: int) -> Baseline:
-        return cls(result.suite, result.case, result.spec_hash, environment(threads),
-                   git_commit(), dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                   dict(result.metrics))
+        return cls(
+            result.suite,
+            result.case,
+            result.spec_hash,
+            environment(threads),
+            git_commit(),
+            dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            dict(result.metrics),
+        )
 
 
 def _cpu_name() -> str:
@@ -73,7 +85,7 @@ def environment(threads: int) -> dict[str, Any]:
     """The fingerprint stored with a baseline; ``hardware`` decides whether latency compares."""
     import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
             versions[name] = metadata.version(name)
@@ -101,8 +113,9 @@ def git_commit() -> str:
     if sha:
         return sha
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
@@ -141,7 +154,9 @@ class BaselineStore:
         return path
 
     def list(self) -> list[Path]:
-        return sorted(p for p in self.root.glob("*/*.json") if not p.name.endswith(".obtained.json"))
+        return sorted(
+            p for p in self.root.glob("*/*.json") if not p.name.endswith(".obtained.json")
+        )
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -178,10 +193,22 @@ def _parse(data: Any, path: Path) -> Baseline:
         raise bad("metrics", raw, "must be an object")
     metrics = {}
     for name, m in raw.items():
-        if not (isinstance(m, dict) and isinstance(m.get("folds"), list)
-                and all(isinstance(v, int | float) for v in [*m["folds"], m.get("mean"), m.get("std")])):
+        if not (
+            isinstance(m, dict)
+            and isinstance(m.get("folds"), list)
+            and all(isinstance(v, int | float) for v in [*m["folds"], m.get("mean"), m.get("std")])
+        ):
             raise bad(f"metrics.{name}", m, 'must be {"folds": [numbers], "mean": x, "std": x}')
-        metrics[name] = MetricSummary(tuple(float(v) for v in m["folds"]), float(m["mean"]),
-                                      float(m["std"]))
-    return Baseline(data["suite"], data["case"], data["spec_hash"], data["env"], data["commit"],
-                    data["created"], metrics, version)
+        metrics[name] = MetricSummary(
+            tuple(float(v) for v in m["folds"]), float(m["mean"]), float(m["std"])
+        )
+    return Baseline(
+        data["suite"],
+        data["case"],
+        data["spec_hash"],
+        data["env"],
+        data["commit"],
+        data["created"],
+        metrics,
+        version,
+    )

@@ -9,6 +9,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.spec import SuiteSpec
 
 
 class UsageError(Exception):
@@ -31,13 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the pruning techniques")
 
     bl = sub.add_parser("baselines", help="list baselines and whether they match their suites")
-    bl.add_argument("suites", nargs="*", type=Path, default=None,
-                    help="suite files (default: suites/*.toml)")
+    bl.add_argument(
+        "suites", nargs="*", type=Path, default=None, help="suite files (default: suites/*.toml)"
+    )
     bl.add_argument("--baselines", type=Path, default=Path("baselines"), help="baseline directory")
     return parser
 
 
-def _load(paths: Sequence[Path]):  # type: ignore[no-untyped-def]
+def _load(paths: Sequence[Path]) -> list[SuiteSpec]:
     from harness.spec import SpecError, load_suite
 
     try:
@@ -57,11 +62,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     missing = set(args.case) - {c.name for _, c in selected}
     if missing:
         raise UsageError(f"--case {sorted(missing)[0]!r}: no such case in the given suites")
-    settings = Settings(args.baselines.resolve(), args.regen,
-                        args.report.resolve() if args.report else None)
-    tracker = (tracking.Tracker() if args.no_mlflow else
-               tracking.MlflowTracker(args.mlflow_uri or tracking.default_uri(),
-                                      session_name="prune-harness run"))
+    settings = Settings(
+        args.baselines.resolve(), args.regen, args.report.resolve() if args.report else None
+    )
+    tracker = (
+        tracking.Tracker()
+        if args.no_mlflow
+        else tracking.MlflowTracker(
+            args.mlflow_uri or tracking.default_uri(), session_name="prune-harness run"
+        )
+    )
     recorder = Recorder(settings, tracker)
     for suite, case in selected:
         hint = f"`prune-harness run {suite.source} --case {case.name} --regen`"

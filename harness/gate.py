@@ -64,9 +64,16 @@ class Rule:
         return cls(spec.metric, ref, vs_dense, spec.max_drop, spec.max_rel_drop, spec.min, spec.max)
 
     def describe(self) -> str:
-        parts = [f"{k} {v:g}" for k, v in (("max_drop", self.max_drop),
-                 ("max_rel_drop", self.max_rel_drop), ("min", self.min), ("max", self.max))
-                 if v is not None]
+        parts = [
+            f"{k} {v:g}"
+            for k, v in (
+                ("max_drop", self.max_drop),
+                ("max_rel_drop", self.max_rel_drop),
+                ("min", self.min),
+                ("max", self.max),
+            )
+            if v is not None
+        ]
         against = " vs dense" if self.vs_dense else " vs baseline" if self._relative else ""
         return ", ".join(parts) + against
 
@@ -99,8 +106,12 @@ class Rule:
             if self.max_drop is not None:
                 bounds.append((">=" if higher else "<=", reference - sign * self.max_drop))
             if self.max_rel_drop is not None:
-                bounds.append((">=" if higher else "<=",
-                               reference - sign * self.max_rel_drop * abs(reference)))
+                bounds.append(
+                    (
+                        ">=" if higher else "<=",
+                        reference - sign * self.max_rel_drop * abs(reference),
+                    )
+                )
         if self.min is not None:
             bounds.append((">=", self.min))
         if self.max is not None:
@@ -176,8 +187,10 @@ def evaluate(
 
     hardware_note = ""
     if baseline is not None and not same_hardware(baseline.env, environment(threads)):
-        hardware_note = (f"skipped: baseline measured on other hardware ({baseline.env.get('cpu')},"
-                         f" {baseline.env.get('threads')} threads); compare same-run speedup")
+        hardware_note = (
+            f"skipped: baseline measured on other hardware ({baseline.env.get('cpu')},"
+            f" {baseline.env.get('threads')} threads); compare same-run speedup"
+        )
     usable = baseline if baseline is not None and baseline.spec_hash == result.spec_hash else None
     checks = tuple(Rule.parse(r).check(result, usable, hardware_note=hardware_note) for r in rules)
     failed = any(c.passed is False for c in checks)
@@ -187,19 +200,31 @@ def evaluate(
         notes.append(f"no baseline for {result.suite}/{result.case}; create it with {regen_hint}")
     elif baseline.spec_hash != result.spec_hash:
         status = Status.SPEC_CHANGED
-        notes.append(f"the case spec changed since its baseline (spec hash {baseline.spec_hash} -> "
-                     f"{result.spec_hash}); review and rewrite it with {regen_hint}")
+        notes.append(
+            f"the case spec changed since its baseline (spec hash {baseline.spec_hash} -> "
+            f"{result.spec_hash}); review and rewrite it with {regen_hint}"
+        )
     elif failed:
         status = Status.REGRESSED
-        if any(c.passed is False and c.reference is not None and not c.key.startswith("vs_dense.")
-               for c in checks):
+        if any(
+            c.passed is False and c.reference is not None and not c.key.startswith("vs_dense.")
+            for c in checks
+        ):
             notes.append(f"if the change is intended, rewrite the baseline with {regen_hint}")
         else:
-            notes.append("rules against the dense model or absolute bounds failed; a new baseline "
-                         "does not change them: improve the case or change the rule in the suite")
+            notes.append(
+                "rules against the dense model or absolute bounds failed; a new baseline "
+                "does not change them: improve the case or change the rule in the suite"
+            )
     else:
         status = Status.PASS
     skipped = sorted({c.note for c in checks if c.passed is None and c.note.startswith("skipped")})
     notes.extend(skipped)
-    return Verdict(result.suite, result.case, status, checks, tuple(notes),
-                   baseline.commit if baseline else None)
+    return Verdict(
+        result.suite,
+        result.case,
+        status,
+        checks,
+        tuple(notes),
+        baseline.commit if baseline else None,
+    )

@@ -34,8 +34,14 @@ class UnknownMetricError(KeyError):
         return str(self.args[0])
 
 
-_QUALITY = ("accuracy", "balanced_accuracy") + tuple(
-    f"{m}_{avg}" for m in ("precision", "recall", "f1") for avg in ("macro", "micro", "weighted")
+_QUALITY = (
+    "accuracy",
+    "balanced_accuracy",
+    *(
+        f"{m}_{avg}"
+        for m in ("precision", "recall", "f1")
+        for avg in ("macro", "micro", "weighted")
+    ),
 )
 PER_CLASS = ("precision", "recall", "f1")
 MODEL_METRICS: dict[str, Direction] = {
@@ -63,7 +69,9 @@ RUN_METRICS: dict[str, Direction] = {
 # Metrics whose absolute values depend on the machine: compared against a baseline only when the
 # baseline was measured on the same hardware.
 HARDWARE_BOUND = frozenset(k for k in MODEL_METRICS if k.startswith("latency")) | {
-    "speedup", "speedup_batch"}
+    "speedup",
+    "speedup_batch",
+}
 
 _PER_CLASS_RE = re.compile(r"^(precision|recall|f1)\.class_(\d+)$")
 
@@ -131,7 +139,11 @@ def classification_metrics(
         p, r, f, _ = skm.precision_recall_fscore_support(
             y_true, y_pred, labels=labels, average=avg, zero_division=0
         )
-        out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)
+        out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = (
+            float(p),
+            float(r),
+            float(f),
+        )
     p, r, f, _ = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=None, zero_division=0
     )
@@ -152,13 +164,13 @@ def model_stats(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.pruning.base import prunable_modules
+    from harness.pruning.base import prunable_modules, weight
 
     params = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     layers = prunable_modules(model)
-    w_total = sum(m.weight.numel() for _, m in layers)
-    w_zero = sum(m.weight.numel() - int(torch.count_nonzero(m.weight)) for _, m in layers)
+    w_total = sum(weight(m).numel() for _, m in layers)
+    w_zero = sum(weight(m).numel() - int(torch.count_nonzero(weight(m))) for _, m in layers)
 
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
@@ -168,7 +180,7 @@ def model_stats(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
     saved = 0.0
     for name, m in layers:
         layer_flops = sum(by_module.get(f"{type(model).__name__}.{name}", {}).values())
-        density = int(torch.count_nonzero(m.weight)) / m.weight.numel()
+        density = int(torch.count_nonzero(weight(m))) / weight(m).numel()
         saved += layer_flops * (1 - density)
 
     buf = io.BytesIO()
@@ -195,8 +207,12 @@ class Latency:
     batch_p95: float
 
     def as_metrics(self) -> dict[str, float]:
-        return {"latency_ms_p50": self.p50, "latency_ms_p95": self.p95,
-                "latency_batch_ms_p50": self.batch_p50, "latency_batch_ms_p95": self.batch_p95}
+        return {
+            "latency_ms_p50": self.p50,
+            "latency_ms_p95": self.p95,
+            "latency_batch_ms_p50": self.batch_p50,
+            "latency_batch_ms_p95": self.batch_p95,
+        }
 
 
 def measure_latency(

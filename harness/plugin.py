@@ -36,16 +36,39 @@ def _uri(value: str) -> str:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "prune-harness: pruning quality gate")
-    group.addoption("--harness-regen", action="store_true", default=False,
-                    help="rewrite the baselines of the cases run (review the diff before committing)")
-    group.addoption("--harness-baselines", metavar="DIR", type=_directory, default=None,
-                    help="baseline directory (default: <rootdir>/baselines)")
-    group.addoption("--harness-mlflow-uri", metavar="URI", type=_uri, default=None,
-                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    group.addoption("--harness-no-mlflow", action="store_true", default=False,
-                    help="do not log results to MLflow")
-    group.addoption("--harness-report", metavar="DIR", type=_directory, default=None,
-                    help="write per-case JSON and a markdown/JSON session summary to DIR")
+    group.addoption(
+        "--harness-regen",
+        action="store_true",
+        default=False,
+        help="rewrite the baselines of the cases run (review the diff before committing)",
+    )
+    group.addoption(
+        "--harness-baselines",
+        metavar="DIR",
+        type=_directory,
+        default=None,
+        help="baseline directory (default: <rootdir>/baselines)",
+    )
+    group.addoption(
+        "--harness-mlflow-uri",
+        metavar="URI",
+        type=_uri,
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    group.addoption(
+        "--harness-no-mlflow",
+        action="store_true",
+        default=False,
+        help="do not log results to MLflow",
+    )
+    group.addoption(
+        "--harness-report",
+        metavar="DIR",
+        type=_directory,
+        default=None,
+        help="write per-case JSON and a markdown/JSON session summary to DIR",
+    )
 
 
 class HarnessPlugin:
@@ -64,7 +87,7 @@ class HarnessPlugin:
                 if report.when == "call":  # the teardown report carries the same properties
                     from harness.session import Outcome
 
-                    self.recorder.add(Outcome.from_json(value))
+                    self.recorder.add(Outcome.from_json(str(value)))
             else:
                 keep.append((name, value))
         report.user_properties = keep  # the full outcome is not a junitxml property
@@ -89,7 +112,7 @@ class HarnessPlugin:
 
 
 _PLUGIN_KEY = pytest.StashKey[HarnessPlugin]()
-_SETTINGS_KEY = pytest.StashKey["Settings"]()
+_SETTINGS_KEY: pytest.StashKey[Settings] = pytest.StashKey()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -98,8 +121,11 @@ def pytest_configure(config: pytest.Config) -> None:
     root = Path(str(config.rootpath))
     baselines = config.getoption("harness_baselines") or root / "baselines"
     report_dir = config.getoption("harness_report")
-    settings = Settings(baselines=Path(baselines).resolve(), regen=config.getoption("harness_regen"),
-                        report_dir=Path(report_dir).resolve() if report_dir else None)
+    settings = Settings(
+        baselines=Path(baselines).resolve(),
+        regen=config.getoption("harness_regen"),
+        report_dir=Path(report_dir).resolve() if report_dir else None,
+    )
     config.stash[_SETTINGS_KEY] = settings
     if hasattr(config, "workerinput"):
         return  # xdist worker: outcomes travel to the controller with the test reports
@@ -115,8 +141,11 @@ def _tracker(config: pytest.Config, root: Path) -> Any:
     if config.getoption("harness_no_mlflow"):
         return tracking.Tracker()
     uri = config.getoption("harness_mlflow_uri") or tracking.default_uri(root)
-    return tracking.MlflowTracker(uri, session_name=f"pytest {' '.join(config.invocation_params.args)}"[:250],
-                                  outbox=root / tracking.OUTBOX)
+    return tracking.MlflowTracker(
+        uri,
+        session_name=f"pytest {' '.join(config.invocation_params.args)}"[:250],
+        outbox=root / tracking.OUTBOX,
+    )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

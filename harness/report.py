@@ -29,16 +29,27 @@ class Row:
     speedup: str
     seconds: str
 
-    HEADER = ("case", "verdict", "pruned F1", "Δ baseline", "Δ dense", "sparsity", "params",
-              "speedup", "time")
+    HEADER = (
+        "case",
+        "verdict",
+        "pruned F1",
+        "Δ baseline",
+        "Δ dense",
+        "sparsity",
+        "params",
+        "speedup",
+        "time",
+    )
 
 
 def _row(o: Outcome) -> Row:
     r = o.result
     f1 = r.value(KEY_METRIC)
     dense = r.value("dense.f1_macro")
-    base = next((c.reference for c in o.verdict.checks
-                 if c.key == KEY_METRIC and c.reference is not None), None)
+    base = next(
+        (c.reference for c in o.verdict.checks if c.key == KEY_METRIC and c.reference is not None),
+        None,
+    )
 
     def delta(ref: float | None) -> str:
         return "-" if ref is None or f1 is None else f"{f1 - ref:+.4f}"
@@ -47,10 +58,17 @@ def _row(o: Outcome) -> Row:
         v = r.value(name)
         return "-" if v is None else format(v, fmt)
 
-    return Row(f"{r.suite}::{r.case}", o.verdict.status.value, num(KEY_METRIC, ".4f"),
-               delta(base), delta(dense), num("pruned.sparsity", ".2f"),
-               f"{num('pruned.nonzero_params', ',.0f')}/{num('dense.params', ',.0f')}",
-               num("speedup_batch", ".2f") + "x", f"{r.seconds:.1f}s")
+    return Row(
+        f"{r.suite}::{r.case}",
+        o.verdict.status.value,
+        num(KEY_METRIC, ".4f"),
+        delta(base),
+        delta(dense),
+        num("pruned.sparsity", ".2f"),
+        f"{num('pruned.nonzero_params', ',.0f')}/{num('dense.params', ',.0f')}",
+        num("speedup_batch", ".2f") + "x",
+        f"{r.seconds:.1f}s",
+    )
 
 
 def _ordered(outcomes: Sequence[Outcome]) -> list[Outcome]:
@@ -62,19 +80,27 @@ def terminal_lines(outcomes: Sequence[Outcome]) -> list[str]:
     """A fixed-width table: one row per case, failures first, then failing lines."""
     rows = [Row.HEADER] + [tuple(vars(_row(o)).values()) for o in _ordered(outcomes)]
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(Row.HEADER))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     n_bad = sum(not o.verdict.ok for o in outcomes)
-    lines.append(f"{len(outcomes)} case(s): {len(outcomes) - n_bad} passed, {n_bad} failed "
-                 "(speedup: batch latency dense/pruned, same run)")
+    lines.append(
+        f"{len(outcomes)} case(s): {len(outcomes) - n_bad} passed, {n_bad} failed "
+        "(speedup: batch latency dense/pruned, same run)"
+    )
     return lines
 
 
 def markdown(outcomes: Sequence[Outcome]) -> str:
     """A markdown table of cases (failures first) with their failing lines."""
-    out = ["## prune-harness gate", "",
-           "| " + " | ".join(Row.HEADER) + " |", "|" + "---|" * len(Row.HEADER)]
+    out = [
+        "## prune-harness gate",
+        "",
+        "| " + " | ".join(Row.HEADER) + " |",
+        "|" + "---|" * len(Row.HEADER),
+    ]
     for o in _ordered(outcomes):
         row = list(vars(_row(o)).values())
         row[1] = ("✅ " if o.verdict.ok else "❌ ") + row[1]
@@ -103,9 +129,18 @@ def write_session(directory: Path, outcomes: Sequence[Outcome]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     text = markdown(outcomes)
     (directory / "summary.md").write_text(text, encoding="utf-8")
-    write_json_atomic(directory / "summary.json", [
-        {"suite": o.result.suite, "case": o.result.case, "verdict": o.verdict.status.value,
-         "failed": o.verdict.lines() if not o.verdict.ok else []} for o in outcomes])
+    write_json_atomic(
+        directory / "summary.json",
+        [
+            {
+                "suite": o.result.suite,
+                "case": o.result.case,
+                "verdict": o.verdict.status.value,
+                "failed": o.verdict.lines() if not o.verdict.ok else [],
+            }
+            for o in outcomes
+        ],
+    )
 
 
 def write_step_summary(outcomes: Sequence[Outcome]) -> None:

@@ -54,21 +54,31 @@ class CaseResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "suite": self.suite, "case": self.case, "spec_hash": self.spec_hash,
-            "dataset_digest": self.dataset_digest, "seconds": self.seconds,
+            "suite": self.suite,
+            "case": self.case,
+            "spec_hash": self.spec_hash,
+            "dataset_digest": self.dataset_digest,
+            "seconds": self.seconds,
             "folds": list(self.folds),
-            "metrics": {k: {"folds": list(v.folds), "mean": v.mean, "std": v.std}
-                        for k, v in sorted(self.metrics.items())},
+            "metrics": {
+                k: {"folds": list(v.folds), "mean": v.mean, "std": v.std}
+                for k, v in sorted(self.metrics.items())
+            },
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:
         return cls(
-            suite=data["suite"], case=data["case"], spec_hash=data["spec_hash"],
-            dataset_digest=data["dataset_digest"], seconds=data["seconds"],
+            suite=data["suite"],
+            case=data["case"],
+            spec_hash=data["spec_hash"],
+            dataset_digest=data["dataset_digest"],
+            seconds=data["seconds"],
             folds=tuple(data["folds"]),
-            metrics={k: MetricSummary(tuple(v["folds"]), v["mean"], v["std"])
-                     for k, v in data["metrics"].items()},
+            metrics={
+                k: MetricSummary(tuple(v["folds"]), v["mean"], v["std"])
+                for k, v in data["metrics"].items()
+            },
         )
 
 
@@ -130,19 +140,33 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> dict[
 
     pruned = copy.deepcopy(dense)
     pruner = create(case.prune)
-    ctx = PruneContext(torch.as_tensor(fold.X_train[:64]), fold.X_train, fold.y_train,
-                       suite.seed * 1000 + fold.index)
+    ctx = PruneContext(
+        torch.as_tensor(fold.X_train[:64]),
+        fold.X_train,
+        fold.y_train,
+        suite.seed * 1000 + fold.index,
+    )
     for round_i, target in enumerate(schedule_targets(case.prune)):
         pruned = pruner.step(pruned, target, ctx)
         if case.finetune is not None:
-            fit(pruned, fold.X_train, fold.y_train, case.finetune,
-                seed=suite.seed * 1000 + fold.index + 100 * (round_i + 1))
+            fit(
+                pruned,
+                fold.X_train,
+                fold.y_train,
+                case.finetune,
+                seed=suite.seed * 1000 + fold.index + 100 * (round_i + 1),
+            )
     pruned = pruner.finalize(pruned)
     pruned.eval()
 
     pruned_metrics = _evaluate(pruned, fold, ds)
-    lat = M.measure_latency([dense, pruned], fold.X_val, batch=suite.latency.batch,
-                            warmup=suite.latency.warmup, repeats=suite.latency.repeats)
+    lat = M.measure_latency(
+        [dense, pruned],
+        fold.X_val,
+        batch=suite.latency.batch,
+        warmup=suite.latency.warmup,
+        repeats=suite.latency.repeats,
+    )
     dense_metrics = {**cached.metrics, **lat[0].as_metrics()}
     pruned_metrics.update(lat[1].as_metrics())
 
@@ -173,8 +197,15 @@ def run_case(
                 on_fold(fold.index, values)
     names = sorted(per_fold[0])
     summary = {n: MetricSummary.of([f[n] for f in per_fold]) for n in names}
-    return CaseResult(suite.name, case.name, suite.spec_hash(case), ds.digest, tuple(per_fold),
-                      summary, time.perf_counter() - start)
+    return CaseResult(
+        suite.name,
+        case.name,
+        suite.spec_hash(case),
+        ds.digest,
+        tuple(per_fold),
+        summary,
+        time.perf_counter() - start,
+    )
 
 
 def fold_arrays(result: CaseResult, name: str) -> np.ndarray:

@@ -37,25 +37,44 @@ class Outcome:
 
     def to_json(self) -> str:
         verdict = {
-            "suite": self.verdict.suite, "case": self.verdict.case,
+            "suite": self.verdict.suite,
+            "case": self.verdict.case,
             "status": self.verdict.status.value,
             "checks": [asdict(c) for c in self.verdict.checks],
-            "notes": list(self.verdict.notes), "baseline_commit": self.verdict.baseline_commit,
+            "notes": list(self.verdict.notes),
+            "baseline_commit": self.verdict.baseline_commit,
         }
-        return json.dumps({"result": self.result.to_dict(), "verdict": verdict,
-                           "params": self.params, "source": self.source,
-                           "baseline_path": self.baseline_path,
-                           "obtained_path": self.obtained_path})
+        return json.dumps(
+            {
+                "result": self.result.to_dict(),
+                "verdict": verdict,
+                "params": self.params,
+                "source": self.source,
+                "baseline_path": self.baseline_path,
+                "obtained_path": self.obtained_path,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Outcome:
         data = json.loads(text)
         v = data["verdict"]
-        verdict = Verdict(v["suite"], v["case"], Status(v["status"]),
-                          tuple(Check(**c) for c in v["checks"]), tuple(v["notes"]),
-                          v["baseline_commit"])
-        return cls(CaseResult.from_dict(data["result"]), verdict, data["params"], data["source"],
-                   data["baseline_path"], data["obtained_path"])
+        verdict = Verdict(
+            v["suite"],
+            v["case"],
+            Status(v["status"]),
+            tuple(Check(**c) for c in v["checks"]),
+            tuple(v["notes"]),
+            v["baseline_commit"],
+        )
+        return cls(
+            CaseResult.from_dict(data["result"]),
+            verdict,
+            data["params"],
+            data["source"],
+            data["baseline_path"],
+            data["obtained_path"],
+        )
 
 
 def flat_params(suite: SuiteSpec, case: CaseSpec) -> dict[str, str]:
@@ -69,15 +88,24 @@ def flat_params(suite: SuiteSpec, case: CaseSpec) -> dict[str, str]:
         else:
             out[prefix] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
 
-    walk("", {
-        "suite": suite.name, "case": case.name, "dataset": suite.dataset,
-        "dataset_args": dict(suite.dataset_args), "model": suite.model,
-        "model_args": dict(suite.model_args), "seed": suite.seed, "threads": suite.threads,
-        "cv.folds": suite.folds, "train": asdict(suite.train),
-        "prune": {**asdict(case.prune), "args": dict(case.prune.args)},
-        "finetune": asdict(case.finetune) if case.finetune else "none",
-        "spec_hash": suite.spec_hash(case),
-    })
+    walk(
+        "",
+        {
+            "suite": suite.name,
+            "case": case.name,
+            "dataset": suite.dataset,
+            "dataset_args": dict(suite.dataset_args),
+            "model": suite.model,
+            "model_args": dict(suite.model_args),
+            "seed": suite.seed,
+            "threads": suite.threads,
+            "cv.folds": suite.folds,
+            "train": asdict(suite.train),
+            "prune": {**asdict(case.prune), "args": dict(case.prune.args)},
+            "finetune": asdict(case.finetune) if case.finetune else "none",
+            "spec_hash": suite.spec_hash(case),
+        },
+    )
     return out
 
 
@@ -97,8 +125,9 @@ def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hi
     if settings.regen:
         written = str(store.save(fresh))
         baseline = fresh
-    verdict = evaluate(result, baseline, suite.rules(case), threads=suite.threads,
-                       regen_hint=regen_hint)
+    verdict = evaluate(
+        result, baseline, suite.rules(case), threads=suite.threads, regen_hint=regen_hint
+    )
     if not verdict.ok and baseline is not None and not settings.regen:
         obtained = str(store.save_obtained(fresh))
     outcome = Outcome(result, verdict, flat_params(suite, case), suite.source, written, obtained)

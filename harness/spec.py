@@ -231,8 +231,14 @@ class _Table:
                 raise self.fail(name, self.data[name], "unknown key")
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-               dict: "a table", list: "an array"}
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    dict: "a table",
+    list: "an array",
+}
 
 
 def _positive(value: float) -> str | None:
@@ -310,7 +316,9 @@ def _rules(table: _Table) -> tuple[RuleSpec, ...]:
         values = {k: body.take(k, float, None) for k in RULE_KEYS}
         body.done()
         if all(v is None for v in values.values()):
-            raise table.fail(metric, table.data[metric], f"a rule needs one of {', '.join(RULE_KEYS)}")
+            raise table.fail(
+                metric, table.data[metric], f"a rule needs one of {', '.join(RULE_KEYS)}"
+            )
         for k in ("max_drop", "max_rel_drop"):
             if values[k] is not None and values[k] < 0:
                 raise body.fail(k, values[k], "must be >= 0")
@@ -357,7 +365,9 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         raise cv.fail("folds", folds, "must be >= 2")
     smallest = data_registry.smallest_class(dataset, dataset_args, base)
     if folds > smallest:
-        raise cv.fail("folds", folds, f"more folds than the smallest class has samples ({smallest})")
+        raise cv.fail(
+            "folds", folds, f"more folds than the smallest class has samples ({smallest})"
+        )
     cv.done()
 
     train = _train(top.sub("train"), TrainSpec())
@@ -373,8 +383,12 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
     top.seen.add("case")
     raw_cases = data.get("case", [])
     if not isinstance(raw_cases, list) or not raw_cases:
-        raise SpecError(source, "case", raw_cases if raw_cases else "<missing>",
-                        "a suite needs at least one [[case]]")
+        raise SpecError(
+            source,
+            "case",
+            raw_cases if raw_cases else "<missing>",
+            "a suite needs at least one [[case]]",
+        )
     cases: list[CaseSpec] = []
     for i, raw in enumerate(raw_cases):
         label = raw.get("name", i) if isinstance(raw, dict) else i
@@ -391,14 +405,30 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         cases.append(CaseSpec(case_name, prune, finetune, case_gate))
     top.done()
     return SuiteSpec(
-        name=name, dataset=dataset, model=model, cases=tuple(cases), model_args=model_args,
-        dataset_args=dataset_args, seed=seed, threads=threads, folds=folds, train=train,
-        latency=latency, gate=gate, source=source,
+        name=name,
+        dataset=dataset,
+        model=model,
+        cases=tuple(cases),
+        model_args=model_args,
+        dataset_args=dataset_args,
+        seed=seed,
+        threads=threads,
+        folds=folds,
+        train=train,
+        latency=latency,
+        gate=gate,
+        source=source,
     )
 
 
-def _check_model(table: _Table, model: str, model_args: dict[str, Any], dataset: str,
-                 dataset_args: dict[str, Any], base: Path) -> None:
+def _check_model(
+    table: _Table,
+    model: str,
+    model_args: dict[str, Any],
+    dataset: str,
+    dataset_args: dict[str, Any],
+    base: Path,
+) -> None:
     from harness.data import load_dataset
     from harness.models import ModelError, build
 
@@ -448,4 +478,4 @@ def import_callable(ref: str) -> Callable[..., Any]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ValueError(f"{ref} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return obj

@@ -48,8 +48,14 @@ class Tracker:
 class MlflowTracker(Tracker):
     """Logs to an MLflow tracking store through ``MlflowClient`` (no global fluent state)."""
 
-    def __init__(self, uri: str, *, session_name: str, outbox: Path = OUTBOX,
-                 tags: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        session_name: str,
+        outbox: Path = OUTBOX,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.uri, self.session_name, self.outbox = uri, session_name, outbox
         self.tags = tags or {}
@@ -66,8 +72,11 @@ class MlflowTracker(Tracker):
         self.source_tags = _source_tags()
         exp = self.client.get_experiment_by_name(EXPERIMENT)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(EXPERIMENT)
-        run = self.client.create_run(self.experiment_id, run_name=self.session_name,
-                                     tags={"harness.kind": "session", **self.source_tags, **self.tags})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.session_name,
+            tags={"harness.kind": "session", **self.source_tags, **self.tags},
+        )
         self.session_run = run.info.run_id
 
     def log_case(self, outcome: Outcome) -> None:
@@ -78,24 +87,35 @@ class MlflowTracker(Tracker):
                 self._log(outcome)
                 return
             except Exception as err:  # any failure of the store: keep the results, go on
-                self.broken = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                self.messages.append(f"MLflow at {self.uri} failed ({self.broken}); "
-                                     f"results are kept in {self.outbox}/")
+                self.broken = (
+                    f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                )
+                self.messages.append(
+                    f"MLflow at {self.uri} failed ({self.broken}); "
+                    f"results are kept in {self.outbox}/"
+                )
         self._to_outbox(outcome)
 
     def _log(self, outcome: Outcome) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         r, v = outcome.result, outcome.verdict
         now = int(time.time() * 1000)
-        tags = {"mlflow.parentRunId": self.session_run, "harness.kind": "case",
-                "harness.suite": r.suite, "harness.case": r.case, "harness.verdict": v.status.value,
-                "harness.spec_hash": r.spec_hash, "harness.dataset_digest": r.dataset_digest,
-                **self.source_tags}
+        tags = {
+            "mlflow.parentRunId": self.session_run,
+            "harness.kind": "case",
+            "harness.suite": r.suite,
+            "harness.case": r.case,
+            "harness.verdict": v.status.value,
+            "harness.spec_hash": r.spec_hash,
+            "harness.dataset_digest": r.dataset_digest,
+            **self.source_tags,
+        }
         if v.baseline_commit:
             tags["harness.baseline_commit"] = v.baseline_commit
-        case_run = self.client.create_run(self.experiment_id, run_name=f"{r.suite}::{r.case}",
-                                          tags=tags).info.run_id
+        case_run = self.client.create_run(
+            self.experiment_id, run_name=f"{r.suite}::{r.case}", tags=tags
+        ).info.run_id
         metrics = []
         for name, s in r.metrics.items():
             metrics += [Metric(name, s.mean, now, 0), Metric(f"{name}.std", s.std, now, 0)]
@@ -108,9 +128,15 @@ class MlflowTracker(Tracker):
         self.client.set_terminated(case_run, "FINISHED" if v.ok else "FAILED")
         for i, fold in enumerate(r.folds):
             fold_run = self.client.create_run(
-                self.experiment_id, run_name=f"{r.suite}::{r.case}::fold{i}",
-                tags={"mlflow.parentRunId": case_run, "harness.kind": "fold",
-                      "harness.suite": r.suite, "harness.case": r.case, "harness.fold": str(i)},
+                self.experiment_id,
+                run_name=f"{r.suite}::{r.case}::fold{i}",
+                tags={
+                    "mlflow.parentRunId": case_run,
+                    "harness.kind": "fold",
+                    "harness.suite": r.suite,
+                    "harness.case": r.case,
+                    "harness.fold": str(i),
+                },
             ).info.run_id
             self._batch(fold_run, [Metric(k, x, now, 0) for k, x in fold.items()], [])
             self.client.set_terminated(fold_run)
@@ -123,7 +149,8 @@ class MlflowTracker(Tracker):
 
     def _to_outbox(self, outcome: Outcome) -> None:
         self.outbox.mkdir(parents=True, exist_ok=True)
-        name = f"{int(time.time())}-{outcome.result.suite}__{outcome.result.case}-{uuid.uuid4().hex[:8]}"
+        r = outcome.result
+        name = f"{int(time.time())}-{r.suite}__{r.case}-{uuid.uuid4().hex[:8]}"
         tmp = self.outbox / f".{name}.tmp"
         tmp.write_text(outcome.to_json(), encoding="utf-8")
         tmp.replace(self.outbox / f"{name}.json")
@@ -131,14 +158,19 @@ class MlflowTracker(Tracker):
     def close(self, passed: bool) -> None:
         if self.client is not None and self.broken is None and self.session_run is not None:
             try:
-                self.client.set_tag(self.session_run, "harness.verdict",
-                                    "pass" if passed else "regressed")
+                self.client.set_tag(
+                    self.session_run, "harness.verdict", "pass" if passed else "regressed"
+                )
                 self.client.set_terminated(self.session_run, "FINISHED" if passed else "FAILED")
             except Exception as err:
-                self.messages.append(f"MLflow at {self.uri}: could not close the session run ({err})")
+                self.messages.append(
+                    f"MLflow at {self.uri}: could not close the session run ({err})"
+                )
         if self.client is not None and self.broken is None:
-            self.messages.append(f"results logged to MLflow at {self.uri} "
-                                 f"(experiment {EXPERIMENT!r}, run {self.session_run})")
+            self.messages.append(
+                f"results logged to MLflow at {self.uri} "
+                f"(experiment {EXPERIMENT!r}, run {self.session_run})"
+            )
 
 
 def _source_tags() -> dict[str, str]:

@@ -22,8 +22,9 @@ class TrainLog:
 def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
-                               weight_decay=spec.weight_decay)
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+        )
     if spec.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
@@ -33,31 +34,29 @@ class _Schedule:
     """Uniform stepping for torch's schedulers: per batch, per epoch, or on the epoch loss."""
 
     def __init__(self, opt: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int) -> None:
+        lr_sched = torch.optim.lr_scheduler
         total = spec.epochs * steps_per_epoch
-        self.kind = spec.scheduler
-        self.sched: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
+        self.per_batch: lr_sched.LRScheduler | None = None
+        self.per_epoch: lr_sched.LRScheduler | None = None
+        self.on_loss: lr_sched.ReduceLROnPlateau | None = None
         if spec.scheduler == "cosine":
-            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+            self.per_batch = lr_sched.CosineAnnealingLR(opt, T_max=total)
         elif spec.scheduler == "onecycle":
-            self.sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total)
+            self.per_batch = lr_sched.OneCycleLR(opt, max_lr=spec.lr, total_steps=total)
         elif spec.scheduler == "step":
-            self.sched = torch.optim.lr_scheduler.StepLR(opt, step_size=spec.step_size,
-                                                         gamma=spec.gamma)
+            self.per_epoch = lr_sched.StepLR(opt, step_size=spec.step_size, gamma=spec.gamma)
         elif spec.scheduler == "plateau":
-            self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=spec.gamma,
-                                                                    patience=2)
-        else:
-            self.sched = None
+            self.on_loss = lr_sched.ReduceLROnPlateau(opt, factor=spec.gamma, patience=2)
 
     def after_batch(self) -> None:
-        if self.kind in ("cosine", "onecycle"):
-            self.sched.step()  # type: ignore[union-attr]
+        if self.per_batch is not None:
+            self.per_batch.step()
 
     def after_epoch(self, loss: float) -> None:
-        if self.kind == "step":
-            self.sched.step()  # type: ignore[union-attr]
-        elif self.kind == "plateau":
-            self.sched.step(loss)  # type: ignore[union-attr]
+        if self.per_epoch is not None:
+            self.per_epoch.step()
+        if self.on_loss is not None:
+            self.on_loss.step(loss)
 
 
 def fit(model: nn.Module, X: np.ndarray, y: np.ndarray, spec: TrainSpec, *, seed: int) -> TrainLog:

@@ -57,8 +57,9 @@ def _warm_up() -> None:
     suite = suite_from_dict(tomllib.loads(TINY_SUITE))
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(baselines=Path(tmp) / "baselines", regen=True)
-        tracker = tracking.MlflowTracker(f"sqlite:///{tmp}/warm.db", session_name="warm-up",
-                                         outbox=Path(tmp) / "outbox")
+        tracker = tracking.MlflowTracker(
+            f"sqlite:///{tmp}/warm.db", session_name="warm-up", outbox=Path(tmp) / "outbox"
+        )
         recorder = Recorder(settings, tracker)
         for case in suite.cases:
             recorder.add(check_case(suite, case, settings, regen_hint="-"))

@@ -50,11 +50,13 @@ def test_lifecycle_create_pass_regress_fail_regen_pass(tiny_project: pytest.Pyte
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
     res = p.runpytest("suites", NO_MLFLOW)
     res.assert_outcomes(passed=1, failed=1)
-    res.stdout.fnmatch_lines([
-        "tiny::mag-50: regressed",
-        "pruned.f1_macro: baseline *, now *, allowed >= * (max_drop 0.01 vs baseline)",
-        "*rewrite the baseline with*--harness-regen*",
-    ])
+    res.stdout.fnmatch_lines(
+        [
+            "tiny::mag-50: regressed",
+            "pruned.f1_macro: baseline *, now *, allowed >= * (max_drop 0.01 vs baseline)",
+            "*rewrite the baseline with*--harness-regen*",
+        ]
+    )
     res.stdout.no_fnmatch_line("pruned.accuracy:*")  # only the regressed metric is named
     assert path.with_suffix(".obtained.json").exists()
 
@@ -84,8 +86,11 @@ def test_gate_rule_change_keeps_baseline_valid(tiny_project: pytest.Pytester) ->
     p = tiny_project
     p.runpytest("suites", NO_MLFLOW, "--harness-regen", "-k", "mag-50").assert_outcomes(passed=1)
     suite = p.path / "suites" / "tiny.toml"
-    suite.write_text(suite.read_text().replace("max_drop = 0.01 }\n\"pruned.accuracy\"",
-                                               "max_drop = 0.02 }\n\"pruned.accuracy\""))
+    suite.write_text(
+        suite.read_text().replace(
+            'max_drop = 0.01 }\n"pruned.accuracy"', 'max_drop = 0.02 }\n"pruned.accuracy"'
+        )
+    )
     p.runpytest("suites", NO_MLFLOW, "-k", "mag-50").assert_outcomes(passed=1)
 
 
@@ -93,20 +98,26 @@ def test_vs_dense_rule_fails_without_baseline_hint(tiny_project: pytest.Pytester
     p = tiny_project
     suite = p.path / "suites" / "tiny.toml"
     # pruning 95% with no fine-tuning loses far more than 0.001 F1 against the dense model
-    suite.write_text(suite.read_text().replace(
-        'prune = { method = "magnitude", sparsity = 0.5 }\nfinetune = { epochs = 1, lr = 1e-3 }',
-        'prune = { method = "magnitude", sparsity = 0.95 }\n'
-        'gate = { "vs_dense.f1_macro" = { max_drop = 0.001 } }'))
+    suite.write_text(
+        suite.read_text().replace(
+            'prune = { method = "magnitude", sparsity = 0.5 }\n'
+            "finetune = { epochs = 1, lr = 1e-3 }",
+            'prune = { method = "magnitude", sparsity = 0.95 }\n'
+            'gate = { "vs_dense.f1_macro" = { max_drop = 0.001 } }',
+        )
+    )
     res = p.runpytest("suites", NO_MLFLOW, "--harness-regen", "-k", "mag-50")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines(["vs_dense.f1_macro: dense *, now *, allowed >= *",
-                              "*a new baseline does not change them*"])
+    res.stdout.fnmatch_lines(
+        ["vs_dense.f1_macro: dense *, now *, allowed >= *", "*a new baseline does not change them*"]
+    )
 
 
 def test_xdist_run_writes_every_baseline(tiny_project: pytest.Pytester) -> None:
     p = tiny_project
-    res = p.runpytest_subprocess("suites", NO_MLFLOW, "--harness-regen", "-n", "2",
-                                 "--harness-report", "report")
+    res = p.runpytest_subprocess(
+        "suites", NO_MLFLOW, "--harness-regen", "-n", "2", "--harness-report", "report"
+    )
     res.assert_outcomes(passed=2)
     for case in ("mag-50", "struct-30"):
         json.loads(_baseline(p, case).read_text())  # complete, valid JSON
@@ -175,13 +186,15 @@ def test_default_store_is_sqlite_in_rootdir(
 
 def test_fixture_checks_a_case_from_python(tiny_project: pytest.Pytester) -> None:
     p = tiny_project
-    p.makepyfile(test_pruning_case="""
+    p.makepyfile(
+        test_pruning_case="""
         from harness.spec import load_suite
 
         def test_magnitude(prune_harness):
             outcome = prune_harness.check("suites/tiny.toml", "mag-50")
             assert outcome.result.value("pruned.sparsity") > 0.49
-    """)
+    """
+    )
     res = p.runpytest("test_pruning_case.py", NO_MLFLOW)
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*no baseline for tiny/mag-50*"])
@@ -193,16 +206,20 @@ def test_fixture_checks_a_case_from_python(tiny_project: pytest.Pytester) -> Non
 
 def test_junitxml_carries_verdict_not_the_whole_outcome(tiny_project: pytest.Pytester) -> None:
     p = tiny_project
-    p.runpytest("suites", NO_MLFLOW, "--harness-regen", "-k", "struct-30",
-                "--junitxml", "junit.xml").assert_outcomes(passed=1)
+    p.runpytest(
+        "suites", NO_MLFLOW, "--harness-regen", "-k", "struct-30", "--junitxml", "junit.xml"
+    ).assert_outcomes(passed=1)
     xml = (p.path / "junit.xml").read_text()
     assert 'name="harness.verdict" value="pass"' in xml
     assert 'name="harness.pruned.f1_macro"' in xml
     assert "harness.outcome" not in xml
 
 
-def test_cli_run_regen_and_gate(tiny_project: pytest.Pytester, capsys: pytest.CaptureFixture[str],
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_run_regen_and_gate(
+    tiny_project: pytest.Pytester,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from harness.cli import main
 
     p = tiny_project

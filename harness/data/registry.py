@@ -87,8 +87,14 @@ class _Args:
 def _synthetic(args: Mapping[str, Any], base: Path) -> tuple:
     from sklearn.datasets import make_classification
 
-    kwargs = {"n_samples": 1000, "n_features": 20, "n_informative": 10, "n_classes": 3,
-              "random_state": 0, **args}
+    kwargs = {
+        "n_samples": 1000,
+        "n_features": 20,
+        "n_informative": 10,
+        "n_classes": 3,
+        "random_state": 0,
+        **args,
+    }
     try:
         X, y = make_classification(**kwargs)
     except (TypeError, ValueError) as err:
@@ -103,7 +109,9 @@ def _npz(path: Path, args: Mapping[str, Any]) -> tuple:
             keys = set(arrays.files)
             xk = "X" if "X" in keys else "x"
             if xk not in keys or "y" not in keys:
-                raise DatasetError(f"{path}: needs arrays 'X' and 'y' (has {', '.join(sorted(keys))})")
+                raise DatasetError(
+                    f"{path}: needs arrays 'X' and 'y' (has {', '.join(sorted(keys))})"
+                )
             X, y = arrays[xk], arrays["y"]
     except (OSError, ValueError) as err:
         raise DatasetError(f"{path}: not a readable .npz file ({err})") from err
@@ -154,7 +162,9 @@ def names() -> list[str]:
     return [*BUILTIN, *(f"{k}:PATH" for k in FILE_KINDS)]
 
 
-def load_dataset(name: str, args: Mapping[str, Any] | None = None, base: Path | None = None) -> Dataset:
+def load_dataset(
+    name: str, args: Mapping[str, Any] | None = None, base: Path | None = None
+) -> Dataset:
     """Load a registered dataset (cached per process); raises :class:`DatasetError`."""
     base = (base or Path.cwd()).resolve()
     return _load(name, json.dumps(dict(args or {}), sort_keys=True), str(base))

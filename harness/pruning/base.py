@@ -39,6 +39,14 @@ def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE)]
 
 
+def weight(module: nn.Module) -> torch.Tensor:
+    """A layer's (effective, masked) weight tensor."""
+    w = module.weight
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is not a tensor")
+    return w
+
+
 class Pruner(ABC):
     """One pruning technique. Subclasses set ``name``, ``summary`` and ``reference``."""
 
@@ -97,12 +105,14 @@ class MaskPruner(Pruner):
                 offset = 0
                 for m in modules:
                     n = ranked[m].numel()
-                    prune.custom_from_mask(m, "weight", keep[offset : offset + n].view_as(m.weight))
+                    prune.custom_from_mask(
+                        m, "weight", keep[offset : offset + n].view_as(weight(m))
+                    )
                     offset += n
             else:
                 for m in modules:
                     keep = _keep_mask(ranked[m].flatten(), target)
-                    prune.custom_from_mask(m, "weight", keep.view_as(m.weight))
+                    prune.custom_from_mask(m, "weight", keep.view_as(weight(m)))
         return model
 
     def finalize(self, model: nn.Module) -> nn.Module:

@@ -43,7 +43,9 @@ def get(name: str) -> type[Pruner]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown pruning method {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+        raise KeyError(
+            f"unknown pruning method {name!r} (known: {', '.join(sorted(_REGISTRY))})"
+        ) from None
 
 
 def create(spec: PruneSpec) -> Pruner:

@@ -15,6 +15,7 @@ from torch import nn
 
 from harness.pruning.base import PruneContext, Pruner, prunable_modules
 from harness.pruning.registry import register
+from harness.spec import PruneSpec
 
 
 @register
@@ -25,12 +26,12 @@ class StructuredMagnitudePruner(Pruner):
     structured = True
     arg_names: ClassVar[tuple[str, ...]] = ("norm", "ignore")
 
-    def __init__(self, spec):  # type: ignore[no-untyped-def]
+    def __init__(self, spec: PruneSpec) -> None:
         super().__init__(spec)
         self.reached = 0.0
 
     @classmethod
-    def check(cls, spec):  # type: ignore[no-untyped-def]
+    def check(cls, spec: PruneSpec) -> str | None:
         if (problem := super().check(spec)) is not None:
             return problem
         norm = spec.args.get("norm", 2)
