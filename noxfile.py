@@ -48,3 +48,10 @@ def lint(session: nox.Session) -> None:
     _install(session, "lint")  # mypy checks against torch's real types
     session.run("ruff", "check", "harness", "tests", "noxfile.py")
     session.run("mypy", "harness")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmark the gate's wall time with and without MLflow logging (a ratio, not a test)."""
+    _install(session, "test")
+    session.run("python", "benchmarks/bench_gate.py", *session.posargs)

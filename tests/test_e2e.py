@@ -236,3 +236,16 @@ def test_cli_run_regen_and_gate(
     assert "tiny::struct-30  ok" in out and "tiny::mag-50  missing" in out
     assert main(["run", suite, "--no-mlflow", "--case", "nope"]) == 2
     assert "--case 'nope'" in capsys.readouterr().err
+
+
+def test_importing_the_plugin_is_cheap() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, harness.plugin; "
+        "heavy = [m for m in ('torch', 'mlflow', 'sklearn') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
