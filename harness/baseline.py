@@ -174,6 +174,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _parse(data: Any, path: Path) -> Baseline:
     def bad(key: str, value: Any, problem: str) -> BaselineError:
         return BaselineError(f"{path}: {key} = {value!r}: {problem}")
@@ -196,7 +200,7 @@ def _parse(data: Any, path: Path) -> Baseline:
         if not (
             isinstance(m, dict)
             and isinstance(m.get("folds"), list)
-            and all(isinstance(v, int | float) for v in [*m["folds"], m.get("mean"), m.get("std")])
+            and all(_is_number(v) for v in [*m["folds"], m.get("mean"), m.get("std")])
         ):
             raise bad(f"metrics.{name}", m, 'must be {"folds": [numbers], "mean": x, "std": x}')
         metrics[name] = MetricSummary(

@@ -140,6 +140,8 @@ def _tightest(bounds: list[tuple[str, float]]) -> list[tuple[str, float]]:
 def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
+    if not math.isfinite(value):
+        return str(value)
     if value == int(value) and abs(value) >= 1000:
         return f"{int(value)}"
     return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"

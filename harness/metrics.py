@@ -179,7 +179,8 @@ def model_stats(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
     by_module = counter.get_flop_counts()
     saved = 0.0
     for name, m in layers:
-        layer_flops = sum(by_module.get(f"{type(model).__name__}.{name}", {}).values())
+        key = f"{type(model).__name__}.{name}" if name else type(model).__name__
+        layer_flops = sum(by_module.get(key, {}).values())
         density = int(torch.count_nonzero(weight(m))) / weight(m).numel()
         saved += layer_flops * (1 - density)
 

@@ -22,6 +22,8 @@ def mlp(
     in_features: int, n_classes: int, *, hidden: Sequence[int] = (256, 128), dropout: float = 0.0
 ) -> nn.Module:
     """Fully connected ReLU network with ``hidden`` layer widths."""
+    if any(not isinstance(h, int) or h < 1 for h in hidden):
+        raise ValueError(f"hidden = {list(hidden)}: widths must be positive integers")
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
@@ -72,7 +74,7 @@ def build(ref: str, in_features: int, n_classes: int, args: Mapping[str, Any]) -
     factory = resolve(ref)
     try:
         model = factory(in_features=in_features, n_classes=n_classes, **args)
-    except (TypeError, ValueError) as err:
+    except Exception as err:  # a user factory may raise anything (torch: RuntimeError)
         raise ModelError(f"{ref} rejected model_args {dict(args)}: {err}") from err
     if not isinstance(model, nn.Module):
         raise ModelError(f"{ref} returned {type(model).__name__}, not a torch.nn.Module")

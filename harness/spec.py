@@ -30,8 +30,20 @@ class SpecError(ValueError):
 
     def __init__(self, source: str, key: str, value: Any, problem: str) -> None:
         self.source, self.key, self.value, self.problem = source, key, value, problem
-        shown = value if isinstance(value, str) and value.startswith("<") else repr(value)
-        super().__init__(f"{source}: {key} = {shown}: {problem}")
+        shown = str(value) if isinstance(value, Marker) else repr(value)
+        text = f"{source}: {_one_line(key)} = {shown}: {_one_line(problem)}"
+        super().__init__(text)
+
+
+class Marker(str):
+    """A placeholder shown as is in messages (``<missing>``), unlike user values (repr'd)."""
+
+
+MISSING = Marker("<missing>")
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 @dataclass(frozen=True)
@@ -150,10 +162,11 @@ class SuiteSpec:
         )
 
     def rules(self, case: CaseSpec) -> tuple[RuleSpec, ...]:
-        """Suite gate defaults overridden per metric by the case's own rules."""
-        merged = {r.metric: r for r in self.gate}
+        """Suite rules (``DEFAULT_RULES`` if the suite has no ``[gate]``) overridden per metric by
+        the case's own rules."""
+        merged = {r.metric: r for r in self.gate or DEFAULT_RULES}
         merged.update({r.metric: r for r in case.gate})
-        return tuple(merged.values()) if merged else DEFAULT_RULES
+        return tuple(merged.values())
 
 
 DEFAULT_RULES: tuple[RuleSpec, ...] = (
@@ -205,7 +218,7 @@ class _Table:
         self.seen.add(name)
         if name not in self.data:
             if default is ...:
-                raise SpecError(self.source, self.key(name), "<missing>", "required key")
+                raise SpecError(self.source, self.key(name), MISSING, "required key")
             return default
         value = self.data[name]
         kinds = kind if isinstance(kind, tuple) else (kind,)
@@ -296,14 +309,19 @@ def _prune(table: _Table) -> PruneSpec:
     )
     table.done()
     if (problem := registry.get(method).check(spec)) is not None:
-        raise table.fail("method", method, problem)
+        raise table.fail("args", dict(spec.args), problem)
     return spec
 
 
 _METRIC_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
 
-def _rules(table: _Table) -> tuple[RuleSpec, ...]:
+def _class_index(base: str) -> int | None:
+    match = re.search(r"\.class_(\d+)$", base)
+    return int(match.group(1)) if match else None
+
+
+def _rules(table: _Table, n_classes: int) -> tuple[RuleSpec, ...]:
     from harness.metrics import UnknownMetricError, rule_target
 
     rules = []
@@ -322,6 +340,12 @@ def _rules(table: _Table) -> tuple[RuleSpec, ...]:
         for k in ("max_drop", "max_rel_drop"):
             if values[k] is not None and values[k] < 0:
                 raise body.fail(k, values[k], "must be >= 0")
+        low, high = values["min"], values["max"]
+        if low is not None and high is not None and low > high:
+            raise body.fail("min", low, f"must be <= max ({high})")
+        ref, _ = rule_target(metric)
+        if (index := _class_index(ref.base)) is not None and index >= n_classes:
+            raise table.fail(metric, table.data[metric], f"the dataset has {n_classes} classes")
         rules.append(RuleSpec(metric, **values))
     table.done()
     return tuple(rules)
@@ -378,7 +402,8 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         repeats=lat.take("repeats", int, 50, _positive),
     )
     lat.done()
-    gate = _rules(top.sub("gate"))
+    n_classes = data_registry.load_dataset(dataset, dataset_args, base).n_classes
+    gate = _rules(top.sub("gate"), n_classes)
 
     top.seen.add("case")
     raw_cases = data.get("case", [])
@@ -386,7 +411,7 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         raise SpecError(
             source,
             "case",
-            raw_cases if raw_cases else "<missing>",
+            raw_cases if raw_cases else MISSING,
             "a suite needs at least one [[case]]",
         )
     cases: list[CaseSpec] = []
@@ -400,7 +425,7 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
             raise table.fail("name", case_name, "duplicate case name")
         prune = _prune(table.sub("prune"))
         finetune = _train(table.sub("finetune"), train) if "finetune" in table.data else None
-        case_gate = _rules(table.sub("gate"))
+        case_gate = _rules(table.sub("gate"), n_classes)
         table.done()
         cases.append(CaseSpec(case_name, prune, finetune, case_gate))
     top.done()
@@ -456,7 +481,7 @@ def load_suite(path: str | Path) -> SuiteSpec:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise SpecError(source, "<toml>", "<invalid>", f"invalid TOML: {err}") from err
+        raise SpecError(source, "<toml>", Marker("<invalid>"), f"invalid TOML: {err}") from err
     return suite_from_dict(data, source)
 
 

@@ -72,6 +72,8 @@ def _mnist1d(args: Mapping[str, Any], base: Path) -> tuple:
     state = np.random.get_state()  # make_dataset seeds numpy's global RNG; leave it as it was
     try:
         data = make_dataset(_Args(settings))
+    except Exception as err:  # the generator validates nothing itself
+        raise DatasetError(f"mnist1d rejected dataset_args {dict(args)}: {err}") from err
     finally:
         np.random.set_state(state)
     X = np.concatenate([data["x"], data["x_test"]])
@@ -108,13 +110,12 @@ def _npz(path: Path, args: Mapping[str, Any]) -> tuple:
         with np.load(path, allow_pickle=False) as arrays:
             keys = set(arrays.files)
             xk = "X" if "X" in keys else "x"
-            if xk not in keys or "y" not in keys:
-                raise DatasetError(
-                    f"{path}: needs arrays 'X' and 'y' (has {', '.join(sorted(keys))})"
-                )
-            X, y = arrays[xk], arrays["y"]
-    except (OSError, ValueError) as err:
+            X = arrays[xk] if xk in keys else None
+            y = arrays["y"] if "y" in keys else None
+    except Exception as err:  # zipfile.BadZipFile, OSError, ValueError, ...
         raise DatasetError(f"{path}: not a readable .npz file ({err})") from err
+    if X is None or y is None:
+        raise DatasetError(f"{path}: needs arrays 'X' and 'y' (has {', '.join(sorted(keys))})")
     return X.reshape(len(X), -1), y, None, "tabular"
 
 
@@ -184,8 +185,10 @@ def _load(name: str, args_json: str, base: str) -> Dataset:
     else:
         raise DatasetError(f"unknown dataset (known: {', '.join(names())})")
     X = np.asarray(X, dtype=np.float32)
-    if X.ndim != 2 or len(X) != len(y) or len(X) == 0:
-        raise DatasetError(f"X must be 2-D with one row per label (X {X.shape}, y {np.shape(y)})")
+    if X.ndim != 2 or len(X) != len(y) or len(X) == 0 or X.shape[1] == 0:
+        raise DatasetError(
+            f"needs 2-D features and one row per label (X {X.shape}, y {np.shape(y)})"
+        )
     if not np.isfinite(X).all():
         raise DatasetError("features contain NaN or infinity")
     labels, y_idx = np.unique(np.asarray(y), return_inverse=True)

@@ -65,7 +65,7 @@ class Pruner(ABC):
         unknown = set(spec.args) - set(cls.arg_names)
         if unknown:
             known = ", ".join(cls.arg_names) or "none"
-            return f"unknown prune.args {', '.join(sorted(unknown))} (known: {known})"
+            return f"unknown key(s) {', '.join(sorted(unknown))} (known: {known})"
         return None
 
     @abstractmethod

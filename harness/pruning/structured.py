@@ -36,10 +36,10 @@ class StructuredMagnitudePruner(Pruner):
             return problem
         norm = spec.args.get("norm", 2)
         if norm not in (1, 2):
-            return f"prune.args.norm = {norm!r}: must be 1 or 2"
+            return f"norm = {norm!r}: must be 1 or 2"
         ignore = spec.args.get("ignore", [])
         if not isinstance(ignore, list) or not all(isinstance(n, str) for n in ignore):
-            return f"prune.args.ignore = {ignore!r}: must be a list of module names"
+            return f"ignore = {ignore!r}: must be a list of module names"
         return None
 
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:

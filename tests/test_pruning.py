@@ -1,0 +1,295 @@
+"""Pruning techniques: registry, unstructured magnitude masks, schedules, structured shrinking."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from harness.models import cnn1d, mlp
+from harness.pruning import PruneContext, create, get, names, prunable_modules, register
+from harness.pruning.base import Pruner, schedule_targets
+from harness.spec import PruneSpec, TrainSpec
+from harness.training import fit
+
+N_FEATURES, N_CLASSES = 12, 3
+
+
+def _ctx(n_features: int = N_FEATURES, n: int = 64, seed: int = 0) -> PruneContext:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, n_features)).astype(np.float32)
+    y = (np.arange(n) % N_CLASSES).astype(np.int64)
+    return PruneContext(torch.as_tensor(X), X, y, seed)
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return mlp(N_FEATURES, N_CLASSES, hidden=(16, 8))
+
+
+def _weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight.detach().clone() for _, m in prunable_modules(model)]
+
+
+def _zeros(model: nn.Module) -> int:
+    return sum(int((w == 0).sum()) for w in _weights(model))
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+
+
+def test_registry_names_and_lookup() -> None:
+    assert {"magnitude", "structured"} <= set(names())
+    assert names() == sorted(names())
+    assert get("magnitude").name == "magnitude"
+    assert get("structured").structured
+    assert not get("magnitude").structured
+    pruner = create(PruneSpec("magnitude", 0.5))
+    assert isinstance(pruner, Pruner)
+    with pytest.raises(KeyError, match="unknown pruning method 'nope'"):
+        get("nope")
+
+
+def test_register_rejects_a_second_class_under_the_same_name() -> None:
+    cls = get("magnitude")
+    assert register(cls) is cls  # re-registering the same class is fine
+
+    class Impostor(cls):  # type: ignore[misc, valid-type]
+        name = "magnitude"
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register(Impostor)
+    assert get("magnitude") is cls
+
+
+def test_check_rejects_unknown_args() -> None:
+    assert get("magnitude").check(PruneSpec("magnitude", 0.5)) is None
+    problem = get("magnitude").check(PruneSpec("magnitude", 0.5, args={"foo": 1}))
+    assert problem is not None and "unknown" in problem
+    assert "foo" in problem and "(known: none)" in problem
+    structured = get("structured")
+    assert structured.check(PruneSpec("structured", 0.5, args={"norm": 1, "ignore": ["0"]})) is None
+    problem = structured.check(PruneSpec("structured", 0.5, args={"b": 1, "a": 2}))
+    assert problem is not None and "unknown" in problem
+    assert "a, b" in problem and "(known: norm, ignore)" in problem
+    assert "must be 1 or 2" in structured.check(PruneSpec("structured", 0.5, args={"norm": 3}))
+    assert "list of module names" in structured.check(
+        PruneSpec("structured", 0.5, args={"ignore": "0"})
+    )
+
+
+def test_prunable_modules_are_linear_and_conv_layers_in_order() -> None:
+    model = cnn1d(40, 10, channels=(4, 4))
+    found = prunable_modules(model)
+    assert [type(m) for _, m in found] == [nn.Conv1d, nn.Conv1d, nn.Linear]
+    assert [n for n, _ in found] == ["1", "3", "6"]
+
+
+# --------------------------------------------------------------------------------------------
+# unstructured magnitude pruning
+
+
+@pytest.mark.parametrize("target", [0.0, 0.1, 0.3, 0.5, 0.77, 0.95])
+def test_magnitude_global_reaches_exact_count_of_smallest_weights(target: float) -> None:
+    model = _mlp()
+    original = _weights(model)
+    biases = [m.bias.detach().clone() for _, m in prunable_modules(model)]
+    n = sum(w.numel() for w in original)
+    model = create(PruneSpec("magnitude", target, scope="global")).step(model, target, _ctx())
+    assert _zeros(model) == round(target * n)
+    # the pruned weights are globally the smallest in magnitude
+    pruned = torch.cat([o[w == 0].abs() for o, w in zip(original, _weights(model), strict=True)])
+    kept = torch.cat([o[w != 0].abs() for o, w in zip(original, _weights(model), strict=True)])
+    if len(pruned) and len(kept):
+        assert pruned.max() <= kept.min()
+    # biases are not pruned; kept weights keep their values
+    for (_, m), b in zip(prunable_modules(model), biases, strict=True):
+        assert torch.equal(m.bias, b)
+    for o, w in zip(original, _weights(model), strict=True):
+        assert torch.equal(w[w != 0], o[w != 0])
+
+
+@pytest.mark.parametrize("target", [0.1, 0.5, 0.9])
+def test_magnitude_layer_scope_prunes_every_layer_to_the_target(target: float) -> None:
+    model = _mlp()
+    original = _weights(model)
+    model = create(PruneSpec("magnitude", target, scope="layer")).step(model, target, _ctx())
+    for o, w in zip(original, _weights(model), strict=True):
+        assert int((w == 0).sum()) == round(target * w.numel())
+        if (w == 0).any() and (w != 0).any():
+            assert o[w == 0].abs().max() <= o[w != 0].abs().min()
+
+
+def test_magnitude_prunes_conv_layers_too() -> None:
+    torch.manual_seed(0)
+    model = cnn1d(40, 10, channels=(4, 4))
+    n = sum(m.weight.numel() for _, m in prunable_modules(model))
+    model = create(PruneSpec("magnitude", 0.6)).step(model, 0.6, _ctx(40))
+    assert _zeros(model) == round(0.6 * n)
+    assert all(hasattr(m, "weight_mask") for _, m in prunable_modules(model))
+
+
+def test_schedule_targets() -> None:
+    assert schedule_targets(PruneSpec("magnitude", 0.7)) == [0.7]
+    assert schedule_targets(PruneSpec("magnitude", 0.7, schedule="iterative", steps=1)) == [0.7]
+    s, steps = 0.9, 4
+    targets = schedule_targets(PruneSpec("magnitude", s, schedule="iterative", steps=steps))
+    assert len(targets) == steps
+    for t, value in enumerate(targets, start=1):
+        assert value == pytest.approx(1 - (1 - s) ** (t / steps))
+    assert targets[-1] == pytest.approx(s)
+    assert all(a < b for a, b in itertools.pairwise(targets))
+    # every round removes the same fraction of what remains
+    remaining = [1.0] + [1 - t for t in targets]
+    ratios = [b / a for a, b in itertools.pairwise(remaining)]
+    assert ratios == pytest.approx([(1 - s) ** (1 / steps)] * steps)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_iterative_steps_keep_pruned_weights_pruned(scope: str) -> None:
+    spec = PruneSpec("magnitude", 0.8, scope=scope, schedule="iterative", steps=3)
+    pruner = create(spec)
+    model = _mlp()
+    n = sum(w.numel() for w in _weights(model))
+    previous: list[torch.Tensor] | None = None
+    for target in schedule_targets(spec):
+        if previous is not None:
+            # weights pruned earlier become the largest ones underneath the mask
+            with torch.no_grad():
+                for (_, m), was in zip(prunable_modules(model), previous, strict=True):
+                    m.weight_orig[was] = 100.0
+        model = pruner.step(model, target, _ctx())
+        masks = [w == 0 for w in _weights(model)]
+        if scope == "global":
+            assert _zeros(model) == round(target * n)
+        else:
+            for w in _weights(model):
+                assert int((w == 0).sum()) == round(target * w.numel())
+        if previous is not None:
+            for was, now in zip(previous, masks, strict=True):
+                assert now[was].all()
+        previous = masks
+
+
+def test_masks_stay_in_force_during_fit_and_finalize_removes_reparametrization() -> None:
+    ctx = _ctx(n=96)
+    model = _mlp()
+    pruner = create(PruneSpec("magnitude", 0.6, scope="layer"))
+    model = pruner.step(model, 0.6, ctx)
+    masks = [w == 0 for w in _weights(model)]
+    orig_before = [m.weight_orig.detach().clone() for _, m in prunable_modules(model)]
+    spec = TrainSpec(epochs=3, lr=1e-2, batch_size=32, weight_decay=1e-2, optimizer="adamw")
+    fit(model, ctx.X_train, ctx.y_train, spec, seed=0)
+    # what the forward pass uses: weight_orig * weight_mask (``m.weight`` is only refreshed by the
+    # next forward pass)
+    trained = [(m.weight_orig * m.weight_mask).detach() for _, m in prunable_modules(model)]
+    for mask, w, (_, m) in zip(masks, trained, prunable_modules(model), strict=True):
+        assert torch.all(w[mask] == 0)
+        assert torch.equal(m.weight_mask == 0, mask)
+        assert torch.all(m.weight[mask] == 0)  # as used by the last training forward pass
+    changed = any(
+        not torch.equal(m.weight_orig, o)
+        for (_, m), o in zip(prunable_modules(model), orig_before, strict=True)
+    )
+    assert changed  # training did happen
+
+    model = pruner.finalize(model)
+    keys = set(model.state_dict())
+    assert not any(k.endswith(("weight_orig", "weight_mask")) for k in keys)
+    for (_, m), mask, w in zip(prunable_modules(model), masks, trained, strict=True):
+        assert not torch.nn.utils.prune.is_pruned(m)
+        assert isinstance(m.weight, nn.Parameter)
+        assert torch.all(m.weight[mask] == 0)
+        assert torch.equal(m.weight.detach(), w)
+    assert model(ctx.example).shape == (len(ctx.example), N_CLASSES)
+
+
+def test_finalize_on_unpruned_model_is_harmless() -> None:
+    model = _mlp()
+    before = _weights(model)
+    model = create(PruneSpec("magnitude", 0.5)).finalize(model)
+    for a, b in zip(before, _weights(model), strict=True):
+        assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# structured pruning
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _widths(model: nn.Module) -> list[int]:
+    return [m.weight.shape[0] for _, m in prunable_modules(model)]
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize(
+    ("factory", "n_features", "n_classes"),
+    [
+        (lambda: mlp(N_FEATURES, 3, hidden=(16, 8)), N_FEATURES, 3),
+        (lambda: cnn1d(40, 10, channels=(8, 8)), 40, 10),
+    ],
+    ids=["mlp", "cnn1d"],
+)
+def test_structured_pruning_shrinks_the_model(
+    factory: object, n_features: int, n_classes: int, scope: str
+) -> None:
+    torch.manual_seed(0)
+    model = factory()  # type: ignore[operator]
+    before_params, before_widths = _params(model), _widths(model)
+    pruner = create(PruneSpec("structured", 0.5, scope=scope))
+    model = pruner.finalize(pruner.step(model, 0.5, _ctx(n_features)))
+    after_widths = _widths(model)
+    assert _params(model) < before_params
+    assert after_widths[-1] == before_widths[-1] == n_classes  # the classifier keeps its outputs
+    assert all(a <= b for a, b in zip(after_widths[:-1], before_widths[:-1], strict=True))
+    assert sum(after_widths[:-1]) < sum(before_widths[:-1])
+    last = prunable_modules(model)[-1][1]
+    assert isinstance(last, nn.Linear) and last.out_features == n_classes
+    out = model(torch.randn(5, n_features))
+    assert out.shape == (5, n_classes)
+    assert torch.isfinite(out).all()
+
+
+def test_structured_layer_scope_halves_every_hidden_layer() -> None:
+    torch.manual_seed(0)
+    model = mlp(N_FEATURES, 3, hidden=(16, 8))
+    pruner = create(PruneSpec("structured", 0.5, scope="layer"))
+    model = pruner.step(model, 0.5, _ctx())
+    assert _widths(model) == [8, 4, 3]
+    first = prunable_modules(model)[1][1]
+    assert isinstance(first, nn.Linear) and first.in_features == 8  # dependent inputs removed
+
+
+def test_structured_iterative_targets_are_cumulative() -> None:
+    spec = PruneSpec("structured", 0.75, scope="layer", schedule="iterative", steps=2)
+    torch.manual_seed(0)
+    model = mlp(N_FEATURES, 3, hidden=(16, 8))
+    pruner = create(spec)
+    for target in schedule_targets(spec):
+        model = pruner.step(model, target, _ctx())
+    # 75 % of the neurons of every hidden layer are gone after both rounds
+    assert _widths(model) == [4, 2, 3]
+    assert model(torch.randn(2, N_FEATURES)).shape == (2, 3)
+
+
+def test_structured_ignore_keeps_named_layers() -> None:
+    torch.manual_seed(0)
+    model = mlp(N_FEATURES, 3, hidden=(16, 8))
+    pruner = create(PruneSpec("structured", 0.5, scope="layer", args={"ignore": ["0"]}))
+    model = pruner.step(model, 0.5, _ctx())
+    assert _widths(model) == [16, 4, 3]
+
+
+def test_structured_zero_target_changes_nothing() -> None:
+    torch.manual_seed(0)
+    model = mlp(N_FEATURES, 3, hidden=(16, 8))
+    before = _params(model)
+    model = create(PruneSpec("structured", 0.0)).step(model, 0.0, _ctx())
+    assert _params(model) == before
