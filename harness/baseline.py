@@ -52,10 +52,7 @@ class Baseline:
             "env": self.env,
             "commit": self.commit,
             "created": self.created,
-            "metrics": {
-                k: {"folds": list(v.folds), "mean": v.mean, "std": v.std}
-                for k, v in self.metrics.items()
-            },
+            "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
         }
 
     @classmethod
@@ -203,9 +200,7 @@ def _parse(data: Any, path: Path) -> Baseline:
             and all(_is_number(v) for v in [*m["folds"], m.get("mean"), m.get("std")])
         ):
             raise bad(f"metrics.{name}", m, 'must be {"folds": [numbers], "mean": x, "std": x}')
-        metrics[name] = MetricSummary(
-            tuple(float(v) for v in m["folds"]), float(m["mean"]), float(m["std"])
-        )
+        metrics[name] = MetricSummary.from_dict(m)
     return Baseline(
         data["suite"],
         data["case"],

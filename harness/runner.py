@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,6 +33,14 @@ class MetricSummary:
     def of(cls, values: list[float]) -> MetricSummary:
         mean, std = M.summarize(values)
         return cls(tuple(values), mean, std)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The baseline / report form: ``{"folds": [...], "mean": x, "std": x}``."""
+        return {"folds": list(self.folds), "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MetricSummary:
+        return cls(tuple(float(v) for v in data["folds"]), float(data["mean"]), float(data["std"]))
 
 
 @dataclass(frozen=True)
@@ -60,10 +67,7 @@ class CaseResult:
             "dataset_digest": self.dataset_digest,
             "seconds": self.seconds,
             "folds": list(self.folds),
-            "metrics": {
-                k: {"folds": list(v.folds), "mean": v.mean, "std": v.std}
-                for k, v in sorted(self.metrics.items())
-            },
+            "metrics": {k: v.to_dict() for k, v in sorted(self.metrics.items())},
         }
 
     @classmethod
@@ -75,10 +79,7 @@ class CaseResult:
             dataset_digest=data["dataset_digest"],
             seconds=data["seconds"],
             folds=tuple(data["folds"]),
-            metrics={
-                k: MetricSummary(tuple(v["folds"]), v["mean"], v["std"])
-                for k, v in data["metrics"].items()
-            },
+            metrics={k: MetricSummary.from_dict(v) for k, v in data["metrics"].items()},
         )
 
 
@@ -206,7 +207,3 @@ def run_case(
         summary,
         time.perf_counter() - start,
     )
-
-
-def fold_arrays(result: CaseResult, name: str) -> np.ndarray:
-    return np.array(result.metrics[name].folds)

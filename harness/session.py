@@ -13,6 +13,7 @@ from harness.baseline import Baseline, BaselineStore
 from harness.gate import Check, Status, Verdict, evaluate
 from harness.runner import CaseResult, run_case
 from harness.spec import CaseSpec, SuiteSpec
+from harness.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -144,19 +145,17 @@ class Recorder:
     each to the tracker as it arrives."""
 
     settings: Settings
-    tracker: Any = None  # harness.tracking.Tracker, created lazily by the face
+    tracker: Tracker = field(default_factory=Tracker)
     outcomes: list[Outcome] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
-        if self.tracker is not None:
-            self.tracker.log_case(outcome)
+        self.tracker.log_case(outcome)
 
     def finish(self) -> None:
-        if self.tracker is not None:
-            self.tracker.close(all(o.verdict.ok for o in self.outcomes))
-            self.messages.extend(self.tracker.messages)
+        self.tracker.close(all(o.verdict.ok for o in self.outcomes))
+        self.messages.extend(self.tracker.messages)
         if self.settings.report_dir is not None and self.outcomes:
             from harness import report
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.preprocessing import StandardScaler
 
-from harness.data import Dataset, load_dataset, make_folds
+from harness.data import Dataset, load_dataset, make_folds, registry
 from harness.data.registry import DatasetError, names
 
 
@@ -88,12 +88,13 @@ def test_mnist1d_generated_offline_deterministic_and_leaves_numpy_rng_alone(
     monkeypatch.setattr(socket.socket, "connect", no_network)
     np.random.seed(1234)
     before = np.random.get_state()
-    # distinct ``base`` directories are distinct cache keys: the data is generated twice
+    registry._load.cache_clear()  # generate it here, twice
     first = load_dataset("mnist1d", base=tmp_path / "a")
     after = np.random.get_state()
     assert before[0] == after[0]
     np.testing.assert_array_equal(before[1], after[1])
     assert before[2:] == after[2:]
+    registry._load.cache_clear()
     second = load_dataset("mnist1d", base=tmp_path / "b")
     assert first is not second
 

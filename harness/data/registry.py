@@ -167,8 +167,9 @@ def load_dataset(
     name: str, args: Mapping[str, Any] | None = None, base: Path | None = None
 ) -> Dataset:
     """Load a registered dataset (cached per process); raises :class:`DatasetError`."""
-    base = (base or Path.cwd()).resolve()
-    return _load(name, json.dumps(dict(args or {}), sort_keys=True), str(base))
+    # only file datasets depend on the directory; builtin ones share one cache entry
+    where = str((base or Path.cwd()).resolve()) if name.partition(":")[0] in FILE_KINDS else ""
+    return _load(name, json.dumps(dict(args or {}), sort_keys=True), where)
 
 
 @lru_cache(maxsize=8)

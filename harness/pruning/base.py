@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -137,7 +137,3 @@ def schedule_targets(spec: PruneSpec) -> list[float]:
     if spec.schedule == "oneshot" or spec.steps == 1:
         return [spec.sparsity]
     return [1 - (1 - spec.sparsity) ** (t / spec.steps) for t in range(1, spec.steps + 1)]
-
-
-def describe(args: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(args.items()))
