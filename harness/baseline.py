@@ -105,17 +105,19 @@ def same_hardware(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
-def git_commit() -> str:
-    sha = os.environ.get("GITHUB_SHA")
-    if sha:
-        return sha
+def git(*args: str) -> str | None:
+    """Output of a git command in the working directory, or None."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+            ["git", *args], capture_output=True, text=True, timeout=10, check=False
         )
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def git_commit() -> str:
+    return os.environ.get("GITHUB_SHA") or git("rev-parse", "HEAD") or "unknown"
 
 
 class BaselineStore:

@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI")
     run.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     run.add_argument("--report", type=Path, default=None, help="write JSON/markdown reports here")
+    run.add_argument(
+        "--log-models", action="store_true", help="keep every fold's pruned state_dict"
+    )
 
     sub.add_parser("methods", help="list the pruning techniques")
 
@@ -39,6 +42,28 @@ def _parser() -> argparse.ArgumentParser:
         "suites", nargs="*", type=Path, default=None, help="suite files (default: suites/*.toml)"
     )
     bl.add_argument("--baselines", type=Path, default=Path("baselines"), help="baseline directory")
+
+    sync = sub.add_parser("mlflow-sync", help="replay results kept in the outbox into MLflow")
+    sync.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI")
+    sync.add_argument("--outbox", type=Path, default=None, help="default: .harness/outbox")
+
+    cmp = sub.add_parser(
+        "compare",
+        help="metric deltas between two MLflow runs, or a branch's latest run and the baselines",
+    )
+    cmp.add_argument("runs", nargs="*", help="two run ids (session or case runs): A B")
+    cmp.add_argument(
+        "--branch", help="compare the latest session run of this branch with baselines"
+    )
+    cmp.add_argument("--baselines", type=Path, default=Path("baselines"), help="baseline directory")
+    cmp.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI")
+    cmp.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        help="metric to show (repeatable; default: key ones)",
+    )
+    cmp.add_argument("--all", action="store_true", help="show every metric both sides have")
     return parser
 
 
@@ -62,8 +87,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     missing = set(args.case) - {c.name for _, c in selected}
     if missing:
         raise UsageError(f"--case {sorted(missing)[0]!r}: no such case in the given suites")
-    settings = Settings(
-        args.baselines.resolve(), args.regen, args.report.resolve() if args.report else None
+    settings = Settings.build(
+        Path.cwd(),
+        baselines=args.baselines,
+        regen=args.regen,
+        report_dir=args.report,
+        tracked=not args.no_mlflow,
+        log_models=args.log_models,
     )
     tracker = (
         tracking.Tracker()
@@ -131,9 +161,68 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mlflow_sync(args: argparse.Namespace) -> int:
+    from harness import tracking
+
+    uri = args.mlflow_uri or tracking.default_uri()
+    outbox = args.outbox or tracking.OUTBOX
+    try:
+        done = tracking.sync_outbox(uri, outbox)
+    except Exception as err:  # the store itself is unreachable
+        raise UsageError(f"MLflow at {uri}: {tracking.describe_failure(err)}") from None
+    for line in done.failed:
+        print(f"failed: {line}", file=sys.stderr)
+    print(
+        f"synced {done.synced}, skipped {done.skipped} (already in MLflow), "
+        f"failed {len(done.failed)}; outbox {outbox}"
+    )
+    return 1 if done.failed else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness import report, tracking
+    from harness.baseline import BaselineStore
+
+    if not ((args.branch and not args.runs) or (not args.branch and len(args.runs) == 2)):
+        raise UsageError("compare: give two run ids (A B) or --branch NAME")
+    uri = args.mlflow_uri or tracking.default_uri()
+    try:
+        client, experiment_id = tracking.connect(uri)
+        if args.branch:
+            run_b = tracking.latest_session(client, experiment_id, args.branch)
+            if run_b is None:
+                raise UsageError(
+                    f"--branch {args.branch!r}: no session run of that branch in {uri}"
+                )
+            side_b = tracking.case_metrics(client, run_b)
+            store = BaselineStore(args.baselines)
+            side_a = {}
+            for suite, case in side_b:
+                if (baseline := store.load(suite, case)) is not None:
+                    side_a[(suite, case)] = {k: v.mean for k, v in baseline.metrics.items()}
+            labels = ("baseline", f"{args.branch}@{run_b[:8]}")
+        else:
+            side_a = tracking.case_metrics(client, args.runs[0])
+            side_b = tracking.case_metrics(client, args.runs[1])
+            labels = (args.runs[0][:8], args.runs[1][:8])
+    except UsageError:
+        raise
+    except Exception as err:
+        raise UsageError(f"MLflow at {uri}: {tracking.describe_failure(err)}") from None
+    metrics = None if args.all else (args.metric or list(report.COMPARE_METRICS))
+    print("\n".join(report.compare_lines(side_a, side_b, labels, metrics)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"run": cmd_run, "methods": cmd_methods, "baselines": cmd_baselines}
+    commands = {
+        "run": cmd_run,
+        "methods": cmd_methods,
+        "baselines": cmd_baselines,
+        "mlflow-sync": cmd_mlflow_sync,
+        "compare": cmd_compare,
+    }
     try:
         return commands[args.command](args)
     except UsageError as err:

@@ -63,6 +63,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="do not log results to MLflow",
     )
     group.addoption(
+        "--harness-log-models",
+        action="store_true",
+        default=False,
+        help="save every fold's pruned state_dict with the case's artifacts (and in MLflow)",
+    )
+    group.addoption(
         "--harness-report",
         metavar="DIR",
         type=_directory,
@@ -119,12 +125,13 @@ def pytest_configure(config: pytest.Config) -> None:
     from harness.session import Recorder, Settings
 
     root = Path(str(config.rootpath))
-    baselines = config.getoption("harness_baselines") or root / "baselines"
-    report_dir = config.getoption("harness_report")
-    settings = Settings(
-        baselines=Path(baselines).resolve(),
+    settings = Settings.build(
+        root,
+        baselines=_resolved(config.getoption("harness_baselines")),
         regen=config.getoption("harness_regen"),
-        report_dir=Path(report_dir).resolve() if report_dir else None,
+        report_dir=_resolved(config.getoption("harness_report")),
+        tracked=not config.getoption("harness_no_mlflow"),
+        log_models=config.getoption("harness_log_models"),
     )
     config.stash[_SETTINGS_KEY] = settings
     if hasattr(config, "workerinput"):
@@ -133,6 +140,11 @@ def pytest_configure(config: pytest.Config) -> None:
     plugin = HarnessPlugin(config, recorder)
     config.stash[_PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "harness-controller")
+
+
+def _resolved(path: Path | None) -> Path | None:
+    """Option paths are relative to the invocation directory."""
+    return Path(path).resolve() if path is not None else None
 
 
 def _tracker(config: pytest.Config, root: Path) -> Any:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from harness.baseline import write_json_atomic
 
 if TYPE_CHECKING:
@@ -114,14 +116,116 @@ def markdown(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(out) + "\n"
 
 
-def case_file(directory: Path, outcome: Outcome) -> Path:
-    return directory / f"{outcome.result.suite}__{outcome.result.case}.json"
+def case_markdown(outcome: Outcome) -> str:
+    """One case: verdict, rule checks, and dense vs pruned for the headline metrics."""
+    r, v = outcome.result, outcome.verdict
+    out = [f"# {r.suite}::{r.case}: {v.status.value}", ""]
+    if v.notes:
+        out += [f"- {note}" for note in v.notes] + [""]
+    out += ["| rule | reference | now | allowed | result |", "|---|---|---|---|---|"]
+    for c in v.checks:
+        state = {True: "pass", False: "**FAIL**", None: f"skipped: {c.note}"}[c.passed]
+        ref = "-" if c.reference is None else f"{c.reference:.4g}"
+        now = "-" if c.now is None else f"{c.now:.4g}"
+        out.append(f"| `{c.key}` ({c.rule}) | {ref} | {now} | {c.allowed} | {state} |")
+    out += ["", "| metric | dense | pruned |", "|---|---|---|"]
+    for m in HEADLINE:
+        dense, pruned = r.metrics.get(f"dense.{m}"), r.metrics.get(f"pruned.{m}")
+        if dense and pruned:
+            out.append(
+                f"| {m} | {dense.mean:.4g} ± {dense.std:.2g} | "
+                f"{pruned.mean:.4g} ± {pruned.std:.2g} |"
+            )
+    for m in ("speedup", "speedup_batch", "param_reduction", "flops_reduction"):
+        if (s := r.metrics.get(m)) is not None:
+            out.append(f"| {m} | | {s.mean:.4g} ± {s.std:.2g} |")
+    return "\n".join(out) + "\n"
 
 
-def write_case(directory: Path, outcome: Outcome) -> Path:
-    path = case_file(directory, outcome)
-    write_json_atomic(path, json.loads(outcome.to_json()))
-    return path
+HEADLINE = (
+    "accuracy",
+    "f1_macro",
+    "precision_macro",
+    "recall_macro",
+    "train_val_gap",
+    "params",
+    "nonzero_params",
+    "sparsity",
+    "flops",
+    "flops_nonzero",
+    "size_gzip_bytes",
+    "latency_ms_p50",
+    "latency_batch_ms_p50",
+)
+
+
+def write_case(folder: Path, outcome: Outcome, pruned_states: Sequence[dict] = ()) -> None:
+    """A case's files: ``report.json``, ``report.md``, confusion matrices, per-class F1 and
+    per-layer sparsity plots (PNG), and ``fold<i>/pruned_state_dict.pt`` for kept models."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "report.json", json.loads(outcome.to_json()))
+    (folder / "report.md").write_text(case_markdown(outcome), encoding="utf-8")
+    _plots(folder, outcome)
+    if pruned_states:
+        import torch
+
+        for i, state in enumerate(pruned_states):
+            (folder / f"fold{i}").mkdir(exist_ok=True)
+            torch.save(state, folder / f"fold{i}" / "pruned_state_dict.pt")
+
+
+def _plots(folder: Path, outcome: Outcome) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = outcome.result
+    names = list(r.class_names)
+    title = f"{r.suite}::{r.case}"
+    for model, matrix in r.confusion.items():
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.imshow(matrix, cmap="Blues")
+        ax.set(
+            title=f"{title}\n{model} (all folds)",
+            xlabel="predicted",
+            ylabel="true",
+            xticks=range(len(names)),
+            yticks=range(len(names)),
+        )
+        ax.set_xticklabels(names, rotation=90 if len(names) > 4 else 0)
+        ax.set_yticklabels(names)
+        for (i, j), value in np.ndenumerate(np.asarray(matrix)):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / f"confusion_{model}.png", dpi=80)
+        plt.close(fig)
+
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3))
+    for shift, model in ((-0.2, "dense"), (0.2, "pruned")):
+        values = [r.value(f"{model}.f1.class_{k}") or 0.0 for k in range(len(names))]
+        ax.bar(x + shift, values, width=0.4, label=model)
+    ax.set(title=f"{title}: F1 per class", xticks=x, ylim=(0, 1.05), ylabel="F1")
+    ax.set_xticklabels(names, rotation=90 if len(names) > 4 else 0)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(folder / "f1_per_class.png", dpi=80)
+    plt.close(fig)
+
+    layers = list(r.layer_sparsity)
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(layers) + 2), 3))
+    ax.bar(range(len(layers)), [r.layer_sparsity[n] for n in layers])
+    ax.set(
+        title=f"{title}: weights removed per layer",
+        xticks=range(len(layers)),
+        ylim=(0, 1),
+        ylabel="fraction of dense weights",
+    )
+    ax.set_xticklabels(layers, rotation=45, ha="right")
+    fig.tight_layout()
+    fig.savefig(folder / "layer_sparsity.png", dpi=80)
+    plt.close(fig)
 
 
 def write_session(directory: Path, outcomes: Sequence[Outcome]) -> None:
@@ -141,6 +245,53 @@ def write_session(directory: Path, outcomes: Sequence[Outcome]) -> None:
             for o in outcomes
         ],
     )
+
+
+COMPARE_METRICS = (
+    "pruned.f1_macro",
+    "pruned.accuracy",
+    "dense.f1_macro",
+    "pruned.sparsity",
+    "param_reduction",
+    "flops_reduction",
+    "speedup_batch",
+)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def compare_lines(
+    side_a: dict[tuple[str, str], dict[str, float]],
+    side_b: dict[tuple[str, str], dict[str, float]],
+    labels: tuple[str, str],
+    metrics: Sequence[str] | None,
+) -> list[str]:
+    """A table of ``B - A`` per case and metric; ``worse`` marks a change against the metric's
+    direction. ``metrics=None`` shows every metric both sides have."""
+    from harness.metrics import Direction, UnknownMetricError, parse_metric
+
+    rows = [("case", "metric", labels[0], labels[1], "delta", "")]
+    for key in sorted(set(side_a) | set(side_b)):
+        a, b = side_a.get(key, {}), side_b.get(key, {})
+        names = sorted(set(a) & set(b)) if metrics is None else list(metrics)
+        for name in names:
+            va, vb = a.get(name), b.get(name)
+            delta = "-" if va is None or vb is None else f"{vb - va:+.4g}"
+            mark = ""
+            if va is not None and vb is not None and vb != va:
+                try:
+                    higher = parse_metric(name).direction is Direction.HIGHER
+                except UnknownMetricError:
+                    higher = None
+                if higher is not None:
+                    mark = "better" if (vb > va) == higher else "worse"
+            rows.append((f"{key[0]}::{key[1]}", name, _num(va), _num(vb), delta, mark))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 def write_step_summary(outcomes: Sequence[Outcome]) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,7 +17,7 @@ from harness import metrics as M
 from harness.data import Dataset, Fold, load_dataset, make_folds
 from harness.models import build
 from harness.pruning import PruneContext, create
-from harness.pruning.base import schedule_targets
+from harness.pruning.base import prunable_modules, schedule_targets, weight
 from harness.spec import CaseSpec, SuiteSpec
 from harness.training import fit, predict_logits
 
@@ -54,6 +55,11 @@ class CaseResult:
     folds: tuple[dict[str, float], ...]
     metrics: dict[str, MetricSummary]
     seconds: float
+    dataset: dict[str, Any] = field(default_factory=dict)  # name, digest, rows, features, classes
+    class_names: tuple[str, ...] = ()
+    confusion: dict[str, list[list[int]]] = field(default_factory=dict)  # summed over folds
+    layer_sparsity: dict[str, float] = field(default_factory=dict)  # mean over folds
+    pruned_states: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
 
     def value(self, name: str) -> float | None:
         summary = self.metrics.get(name)
@@ -68,6 +74,10 @@ class CaseResult:
             "seconds": self.seconds,
             "folds": list(self.folds),
             "metrics": {k: v.to_dict() for k, v in sorted(self.metrics.items())},
+            "dataset": self.dataset,
+            "class_names": list(self.class_names),
+            "confusion": self.confusion,
+            "layer_sparsity": self.layer_sparsity,
         }
 
     @classmethod
@@ -80,6 +90,10 @@ class CaseResult:
             seconds=data["seconds"],
             folds=tuple(data["folds"]),
             metrics={k: MetricSummary.from_dict(v) for k, v in data["metrics"].items()},
+            dataset=data["dataset"],
+            class_names=tuple(data["class_names"]),
+            confusion=data["confusion"],
+            layer_sparsity=data["layer_sparsity"],
         )
 
 
@@ -87,6 +101,7 @@ class CaseResult:
 class _Dense:
     state: dict[str, torch.Tensor]
     metrics: dict[str, float]  # deterministic dense metrics (no latency)
+    confusion: np.ndarray
 
 
 _DENSE_CACHE: dict[tuple[str, int], _Dense] = {}
@@ -111,14 +126,29 @@ def _new_model(suite: SuiteSpec, ds: Dataset, seed: int) -> nn.Module:
     return build(suite.model, ds.n_features, ds.n_classes, suite.model_args)
 
 
-def _evaluate(model: nn.Module, fold: Fold, ds: Dataset) -> dict[str, float]:
+def _evaluate(model: nn.Module, fold: Fold, ds: Dataset) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics on the validation fold and its confusion matrix."""
+    from sklearn.metrics import confusion_matrix
+
     val_pred = predict_logits(model, fold.X_val).argmax(1)
     train_pred = predict_logits(model, fold.X_train).argmax(1)
     out = M.classification_metrics(fold.y_val, val_pred, ds.n_classes)
     out["train_accuracy"] = float((train_pred == fold.y_train).mean())
     out["train_val_gap"] = out["train_accuracy"] - out["accuracy"]
     out.update(M.model_stats(model, torch.as_tensor(fold.X_val[:1])))
-    return out
+    confusion = confusion_matrix(fold.y_val, val_pred, labels=list(range(ds.n_classes)))
+    return out, confusion
+
+
+def _layer_sparsity(dense: nn.Module, pruned: nn.Module) -> dict[str, float]:
+    """Per prunable layer: fraction of the dense layer's weights that are gone (zeroed or
+    removed), so unstructured and structured pruning read the same way."""
+    sizes = {name: weight(m).numel() for name, m in prunable_modules(dense)}
+    return {
+        name: 1 - int(torch.count_nonzero(weight(m))) / sizes[name]
+        for name, m in prunable_modules(pruned)
+        if name in sizes
+    }
 
 
 def _dense(suite: SuiteSpec, ds: Dataset, fold: Fold) -> _Dense:
@@ -128,12 +158,24 @@ def _dense(suite: SuiteSpec, ds: Dataset, fold: Fold) -> _Dense:
         model = _new_model(suite, ds, seed)
         fit(model, fold.X_train, fold.y_train, suite.train, seed=seed)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        _DENSE_CACHE[key] = _Dense(state, _evaluate(model, fold, ds))
+        metrics, confusion = _evaluate(model, fold, ds)
+        _DENSE_CACHE[key] = _Dense(state, metrics, confusion)
     return _DENSE_CACHE[key]
 
 
-def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> dict[str, float]:
-    """All metrics of one fold (``dense.*``, ``pruned.*`` and same-run ratios)."""
+@dataclass(frozen=True, eq=False)
+class FoldResult:
+    """One fold: its metrics (``dense.*``, ``pruned.*``, same-run ratios) and what plots need."""
+
+    metrics: dict[str, float]
+    confusion_dense: np.ndarray
+    confusion_pruned: np.ndarray
+    layer_sparsity: dict[str, float]
+    pruned: nn.Module
+
+
+def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldResult:
+    """Prune and evaluate one fold (the dense model comes from the per-process cache)."""
     cached = _dense(suite, ds, fold)
     dense = _new_model(suite, ds, 0)
     dense.load_state_dict(cached.state)
@@ -160,7 +202,7 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> dict[
     pruned = pruner.finalize(pruned)
     pruned.eval()
 
-    pruned_metrics = _evaluate(pruned, fold, ds)
+    pruned_metrics, pruned_confusion = _evaluate(pruned, fold, ds)
     lat = M.measure_latency(
         [dense, pruned],
         fold.X_val,
@@ -177,33 +219,48 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> dict[
     out["speedup_batch"] = lat[0].batch_p50 / lat[1].batch_p50
     out["param_reduction"] = 1 - pruned_metrics["nonzero_params"] / dense_metrics["params"]
     out["flops_reduction"] = 1 - pruned_metrics["flops_nonzero"] / dense_metrics["flops"]
-    return out
+    return FoldResult(
+        out, cached.confusion, pruned_confusion, _layer_sparsity(dense, pruned), pruned
+    )
 
 
-def run_case(
-    suite: SuiteSpec,
-    case: CaseSpec,
-    *,
-    on_fold: Callable[[int, dict[str, float]], None] | None = None,
-) -> CaseResult:
-    """Run ``case`` over the suite's k folds; deterministic for the same spec, seeds and machine."""
+def run_case(suite: SuiteSpec, case: CaseSpec, *, keep_models: bool = False) -> CaseResult:
+    """Run ``case`` over the suite's k folds; deterministic for the same spec, seeds and machine.
+
+    With ``keep_models`` the pruned ``state_dict`` of every fold is kept in
+    ``CaseResult.pruned_states`` (not serialized).
+    """
     start = time.perf_counter()
     ds = load_dataset(suite.dataset, suite.dataset_args, suite.base_dir)
-    per_fold: list[dict[str, float]] = []
+    folds: list[FoldResult] = []
     with _torch_settings(suite.threads):
         for fold in make_folds(ds, suite.folds, seed=suite.seed):
-            values = run_fold(suite, case, ds, fold)
-            per_fold.append(values)
-            if on_fold is not None:
-                on_fold(fold.index, values)
-    names = sorted(per_fold[0])
-    summary = {n: MetricSummary.of([f[n] for f in per_fold]) for n in names}
+            folds.append(run_fold(suite, case, ds, fold))
+    per_fold = [f.metrics for f in folds]
+    summary = {n: MetricSummary.of([f[n] for f in per_fold]) for n in sorted(per_fold[0])}
+    layers = {
+        n: float(np.mean([f.layer_sparsity[n] for f in folds])) for n in folds[0].layer_sparsity
+    }
     return CaseResult(
-        suite.name,
-        case.name,
-        suite.spec_hash(case),
-        ds.digest,
-        tuple(per_fold),
-        summary,
-        time.perf_counter() - start,
+        suite=suite.name,
+        case=case.name,
+        spec_hash=suite.spec_hash(case),
+        dataset_digest=ds.digest,
+        folds=tuple(per_fold),
+        metrics=summary,
+        seconds=time.perf_counter() - start,
+        dataset={
+            "name": ds.name,
+            "digest": ds.digest,
+            "rows": len(ds.y),
+            "features": ds.n_features,
+            "classes": ds.n_classes,
+        },
+        class_names=ds.class_names,
+        confusion={
+            "dense": np.sum([f.confusion_dense for f in folds], axis=0).tolist(),
+            "pruned": np.sum([f.confusion_pruned for f in folds], axis=0).tolist(),
+        },
+        layer_sparsity=layers,
+        pruned_states=tuple(f.pruned.state_dict() for f in folds) if keep_models else (),
     )

@@ -5,7 +5,8 @@ record a session's outcomes (tracking, summaries). ``plugin.py`` and ``cli.py`` 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import uuid
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,42 @@ from harness.tracking import Tracker
 
 @dataclass(frozen=True)
 class Settings:
-    """Session-wide settings shared by the plugin and the CLI."""
+    """Session-wide settings shared by the plugin and the CLI.
+
+    ``artifacts_dir``: where each case writes its report files and plots (one folder per case);
+    None skips them. ``log_models``: also save every fold's pruned ``state_dict`` there.
+    """
 
     baselines: Path
     regen: bool = False
     report_dir: Path | None = None
+    artifacts_dir: Path | None = None
+    log_models: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        root: Path,
+        *,
+        baselines: Path | None = None,
+        regen: bool = False,
+        report_dir: Path | None = None,
+        tracked: bool = True,
+        log_models: bool = False,
+    ) -> Settings:
+        """Settings with paths resolved against ``root``. Case files go to the report directory,
+        else (for MLflow to pick up) to ``.harness/artifacts`` when tracking is on."""
+        from harness.tracking import ARTIFACTS
+
+        report = (root / report_dir).resolve() if report_dir else None
+        artifacts = report or ((root / ARTIFACTS).resolve() if tracked else None)
+        return cls(
+            baselines=(root / (baselines or "baselines")).resolve(),
+            regen=regen,
+            report_dir=report,
+            artifacts_dir=artifacts,
+            log_models=log_models,
+        )
 
 
 @dataclass(frozen=True)
@@ -33,11 +65,16 @@ class Outcome:
     verdict: Verdict
     params: dict[str, str]
     source: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # MLflow de-duplication key
+    baseline_means: dict[str, float] = field(default_factory=dict)  # of a usable baseline
     baseline_path: str | None = None  # written by --harness-regen
     obtained_path: str | None = None  # written next to a baseline the case did not meet
+    artifacts: str | None = None  # folder with this case's report files and plots
 
     def to_json(self) -> str:
-        verdict = {
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["result"] = self.result.to_dict()
+        data["verdict"] = {
             "suite": self.verdict.suite,
             "case": self.verdict.case,
             "status": self.verdict.status.value,
@@ -45,21 +82,12 @@ class Outcome:
             "notes": list(self.verdict.notes),
             "baseline_commit": self.verdict.baseline_commit,
         }
-        return json.dumps(
-            {
-                "result": self.result.to_dict(),
-                "verdict": verdict,
-                "params": self.params,
-                "source": self.source,
-                "baseline_path": self.baseline_path,
-                "obtained_path": self.obtained_path,
-            }
-        )
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> Outcome:
         data = json.loads(text)
-        v = data["verdict"]
+        v = data.pop("verdict")
         verdict = Verdict(
             v["suite"],
             v["case"],
@@ -68,14 +96,7 @@ class Outcome:
             tuple(v["notes"]),
             v["baseline_commit"],
         )
-        return cls(
-            CaseResult.from_dict(data["result"]),
-            verdict,
-            data["params"],
-            data["source"],
-            data["baseline_path"],
-            data["obtained_path"],
-        )
+        return cls(result=CaseResult.from_dict(data.pop("result")), verdict=verdict, **data)
 
 
 def flat_params(suite: SuiteSpec, case: CaseSpec) -> dict[str, str]:
@@ -111,7 +132,8 @@ def flat_params(suite: SuiteSpec, case: CaseSpec) -> dict[str, str]:
 
 
 def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hint: str) -> Outcome:
-    """Run a case, compare it with its baseline (or rewrite it with ``settings.regen``), gate it.
+    """Run a case, compare it with its baseline (or rewrite it with ``settings.regen``), gate it,
+    and write its report files when ``settings.artifacts_dir`` is set.
 
     Raises
     ------
@@ -120,7 +142,7 @@ def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hi
     """
     store = BaselineStore(settings.baselines)
     baseline = store.load(suite.name, case.name)
-    result = run_case(suite, case)
+    result = run_case(suite, case, keep_models=settings.log_models)
     written = obtained = None
     fresh = Baseline.from_result(result, threads=suite.threads)
     if settings.regen:
@@ -131,11 +153,22 @@ def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hi
     )
     if not verdict.ok and baseline is not None and not settings.regen:
         obtained = str(store.save_obtained(fresh))
-    outcome = Outcome(result, verdict, flat_params(suite, case), suite.source, written, obtained)
-    if settings.report_dir is not None:
+    usable = baseline if baseline is not None and baseline.spec_hash == result.spec_hash else None
+    outcome = Outcome(
+        result,
+        verdict,
+        flat_params(suite, case),
+        suite.source,
+        baseline_means={k: v.mean for k, v in usable.metrics.items()} if usable else {},
+        baseline_path=written,
+        obtained_path=obtained,
+    )
+    if settings.artifacts_dir is not None:
         from harness import report
 
-        report.write_case(settings.report_dir, outcome)
+        folder = settings.artifacts_dir / f"{suite.name}__{case.name}"
+        report.write_case(folder, outcome, result.pruned_states)
+        outcome = replace(outcome, artifacts=str(folder))
     return outcome
 
 

@@ -1,16 +1,20 @@
 """MLflow tracking: one run per session, a nested run per case, a nested run per fold.
 
 MLflow is imported lazily (only when a case result is logged). All logging happens in one process
-(the pytest controller or the CLI), so xdist workers never touch the store. If the tracking
-server cannot be reached, the outcome is written to the outbox (``.harness/outbox/``, one JSON file
-per case run) and the session goes on; the gate verdict never depends on tracking.
+(the pytest controller or the CLI), so xdist workers never touch the store. If the tracking store
+cannot be reached (or refuses the credentials), every outcome of the session from then on is
+written to the outbox (``.harness/outbox/``, one JSON file per case run) and the session goes on:
+the gate verdict never depends on tracking. ``prune-harness mlflow-sync`` replays the outbox;
+case runs carry ``harness.outcome_id``, so a replay never logs a case twice.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +23,11 @@ if TYPE_CHECKING:
 
 EXPERIMENT = "prune-harness"
 OUTBOX = Path(".harness") / "outbox"
-_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+ARTIFACTS = Path(".harness") / "artifacts"
+_METRICS_PER_BATCH = 1000  # MLflow's limits per log_batch call
+_PARAMS_PER_BATCH = 100
+# Without these, MLflow's client retries an unreachable server for minutes; users may override.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 def default_uri(workdir: Path | None = None) -> str:
@@ -33,16 +41,21 @@ def default_uri(workdir: Path | None = None) -> str:
 class Tracker:
     """Tracking disabled: records nothing."""
 
-    messages: list[str]
-
     def __init__(self) -> None:
-        self.messages = []
+        self.messages: list[str] = []
 
     def log_case(self, outcome: Outcome) -> None:
         """Log one case (and its folds)."""
 
     def close(self, passed: bool) -> None:
         """End the session run."""
+
+
+@dataclass
+class _Session:
+    id: str
+    name: str
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 class MlflowTracker(Tracker):
@@ -57,126 +70,273 @@ class MlflowTracker(Tracker):
         tags: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
-        self.uri, self.session_name, self.outbox = uri, session_name, outbox
-        self.tags = tags or {}
+        self.uri, self.outbox = uri, outbox
+        self.session = _Session(uuid.uuid4().hex, session_name, {**source_tags(), **(tags or {})})
         self.client: Any = None
-        self.experiment_id: str | None = None
+        self.experiment_id = ""
         self.session_run: str | None = None
         self.broken: str | None = None
-        self.source_tags: dict[str, str] = {}
-
-    def _start(self) -> None:
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=self.uri)
-        self.source_tags = _source_tags()
-        exp = self.client.get_experiment_by_name(EXPERIMENT)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(EXPERIMENT)
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=self.session_name,
-            tags={"harness.kind": "session", **self.source_tags, **self.tags},
-        )
-        self.session_run = run.info.run_id
 
     def log_case(self, outcome: Outcome) -> None:
         if self.broken is None:
             try:
                 if self.client is None:
-                    self._start()
-                self._log(outcome)
+                    self.client, self.experiment_id = connect(self.uri)
+                if self.session_run is None:
+                    self.session_run = session_run(self.client, self.experiment_id, self.session)
+                log_outcome(
+                    self.client,
+                    self.experiment_id,
+                    self.session_run,
+                    outcome,
+                    self.session.tags,
+                    check_existing=False,
+                )
                 return
             except Exception as err:  # any failure of the store: keep the results, go on
-                self.broken = (
-                    f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                )
+                self.broken = describe_failure(err)
                 self.messages.append(
-                    f"MLflow at {self.uri} failed ({self.broken}); "
-                    f"results are kept in {self.outbox}/"
+                    f"MLflow at {self.uri} failed ({self.broken}); results are kept in "
+                    f"{self.outbox}/ (replay: prune-harness mlflow-sync --mlflow-uri {self.uri})"
                 )
         self._to_outbox(outcome)
-
-    def _log(self, outcome: Outcome) -> None:
-        from mlflow.entities import Metric, Param
-
-        r, v = outcome.result, outcome.verdict
-        now = int(time.time() * 1000)
-        tags = {
-            "mlflow.parentRunId": self.session_run,
-            "harness.kind": "case",
-            "harness.suite": r.suite,
-            "harness.case": r.case,
-            "harness.verdict": v.status.value,
-            "harness.spec_hash": r.spec_hash,
-            "harness.dataset_digest": r.dataset_digest,
-            **self.source_tags,
-        }
-        if v.baseline_commit:
-            tags["harness.baseline_commit"] = v.baseline_commit
-        case_run = self.client.create_run(
-            self.experiment_id, run_name=f"{r.suite}::{r.case}", tags=tags
-        ).info.run_id
-        metrics = []
-        for name, s in r.metrics.items():
-            metrics += [Metric(name, s.mean, now, 0), Metric(f"{name}.std", s.std, now, 0)]
-        for c in v.checks:
-            if c.reference is not None and c.now is not None:
-                prefix = "delta_dense" if c.key.startswith("vs_dense.") else "delta_baseline"
-                metrics.append(Metric(f"{prefix}.{c.metric}", c.now - c.reference, now, 0))
-        params = [Param(k, val[:6000]) for k, val in outcome.params.items()]
-        self._batch(case_run, metrics, params)
-        self.client.set_terminated(case_run, "FINISHED" if v.ok else "FAILED")
-        for i, fold in enumerate(r.folds):
-            fold_run = self.client.create_run(
-                self.experiment_id,
-                run_name=f"{r.suite}::{r.case}::fold{i}",
-                tags={
-                    "mlflow.parentRunId": case_run,
-                    "harness.kind": "fold",
-                    "harness.suite": r.suite,
-                    "harness.case": r.case,
-                    "harness.fold": str(i),
-                },
-            ).info.run_id
-            self._batch(fold_run, [Metric(k, x, now, 0) for k, x in fold.items()], [])
-            self.client.set_terminated(fold_run)
-
-    def _batch(self, run_id: str, metrics: list[Any], params: list[Any]) -> None:
-        for i in range(0, len(params), 100):
-            self.client.log_batch(run_id, params=params[i : i + 100])
-        for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
 
     def _to_outbox(self, outcome: Outcome) -> None:
         self.outbox.mkdir(parents=True, exist_ok=True)
         r = outcome.result
-        name = f"{int(time.time())}-{r.suite}__{r.case}-{uuid.uuid4().hex[:8]}"
-        tmp = self.outbox / f".{name}.tmp"
-        tmp.write_text(outcome.to_json(), encoding="utf-8")
-        tmp.replace(self.outbox / f"{name}.json")
+        path = self.outbox / f"{int(time.time())}-{r.suite}__{r.case}-{outcome.id[:8]}.json"
+        record = {
+            "session": vars(self.session),
+            "outcome": json.loads(outcome.to_json()),
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        tmp.replace(path)
 
     def close(self, passed: bool) -> None:
-        if self.client is not None and self.broken is None and self.session_run is not None:
-            try:
-                self.client.set_tag(
-                    self.session_run, "harness.verdict", "pass" if passed else "regressed"
-                )
-                self.client.set_terminated(self.session_run, "FINISHED" if passed else "FAILED")
-            except Exception as err:
-                self.messages.append(
-                    f"MLflow at {self.uri}: could not close the session run ({err})"
-                )
-        if self.client is not None and self.broken is None:
-            self.messages.append(
-                f"results logged to MLflow at {self.uri} "
-                f"(experiment {EXPERIMENT!r}, run {self.session_run})"
+        if self.client is None or self.broken is not None or self.session_run is None:
+            return
+        try:
+            self.client.set_tag(
+                self.session_run, "harness.verdict", "pass" if passed else "regressed"
             )
+            self.client.set_terminated(self.session_run, "FINISHED" if passed else "FAILED")
+        except Exception as err:
+            self.messages.append(f"MLflow at {self.uri}: could not close the session run ({err})")
+            return
+        self.messages.append(
+            f"results logged to MLflow at {self.uri} "
+            f"(experiment {EXPERIMENT!r}, run {self.session_run})"
+        )
 
 
-def _source_tags() -> dict[str, str]:
-    from harness.baseline import git_commit
+def connect(uri: str) -> tuple[Any, str]:
+    """An ``MlflowClient`` for ``uri`` and the id of the harness's experiment (created once)."""
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    return client, exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
+
+
+def describe_failure(err: Exception) -> str:
+    """One line for a failed store operation; credentials problems say which variables to set."""
+    text = " ".join(str(err).split())[:160]
+    if any(s in text for s in ("401", "403", "Unauthorized", "Permission denied", "PERMISSION")):
+        return (
+            "the server refused the credentials: check MLFLOW_TRACKING_USERNAME / "
+            f"MLFLOW_TRACKING_PASSWORD ({type(err).__name__}: {text[:120]})"
+        )
+    return f"{type(err).__name__}: {text}"
+
+
+def session_run(client: Any, experiment_id: str, session: _Session) -> str:
+    """The session's run: found by ``harness.session_id`` (a replay), else created."""
+    found = client.search_runs(
+        [experiment_id], f"tags.`harness.session_id` = '{session.id}'", max_results=1
+    )
+    if found:
+        return str(found[0].info.run_id)
+    tags = {"harness.kind": "session", "harness.session_id": session.id, **session.tags}
+    return str(client.create_run(experiment_id, run_name=session.name, tags=tags).info.run_id)
+
+
+def log_outcome(
+    client: Any,
+    experiment_id: str,
+    parent: str,
+    outcome: Outcome,
+    session_tags: dict[str, str],
+    *,
+    check_existing: bool = True,
+) -> bool:
+    """Log a case run (metrics, params, tags, dataset, artifacts) and its fold runs under
+    ``parent``. Returns False (and logs nothing) if this outcome is already in the store."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+
+    if check_existing and client.search_runs(
+        [experiment_id], f"tags.`harness.outcome_id` = '{outcome.id}'", max_results=1
+    ):
+        return False
+    r, v = outcome.result, outcome.verdict
+    now = int(time.time() * 1000)
+    tags = {
+        "mlflow.parentRunId": parent,
+        "harness.kind": "case",
+        "harness.outcome_id": outcome.id,
+        "harness.suite": r.suite,
+        "harness.case": r.case,
+        "harness.verdict": v.status.value,
+        "harness.spec_hash": r.spec_hash,
+        "harness.dataset_digest": r.dataset_digest,
+        **session_tags,
+    }
+    if v.baseline_commit:
+        tags["harness.baseline_commit"] = v.baseline_commit
+    case_run = client.create_run(experiment_id, run_name=f"{r.suite}::{r.case}", tags=tags)
+    run_id = case_run.info.run_id
+    metrics = []
+    for name, s in r.metrics.items():
+        metrics += [Metric(name, s.mean, now, 0), Metric(f"{name}.std", s.std, now, 0)]
+        if name in outcome.baseline_means:
+            delta = s.mean - outcome.baseline_means[name]
+            metrics.append(Metric(f"delta_baseline.{name}", delta, now, 0))
+        if name.startswith("pruned.") and (dense := r.metrics.get("dense." + name[7:])):
+            metrics.append(Metric(f"delta_dense.{name[7:]}", s.mean - dense.mean, now, 0))
+    params = [Param(k, val[:6000]) for k, val in outcome.params.items()]
+    _batch(client, run_id, metrics, params)
+    if r.dataset:
+        dataset = Dataset(
+            name=r.dataset["name"],
+            digest=r.dataset["digest"],
+            source_type="prune-harness",
+            source=json.dumps(
+                {"dataset": r.dataset["name"], "params": outcome.params.get("dataset_args", "")}
+            ),
+            profile=json.dumps({k: r.dataset[k] for k in ("rows", "features", "classes")}),
+        )
+        client.log_inputs(
+            run_id,
+            datasets=[
+                DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "cross-validation")])
+            ],
+        )
+    folder = Path(outcome.artifacts) if outcome.artifacts else None
+    if folder is not None and folder.is_dir():
+        for item in sorted(folder.iterdir()):
+            if item.is_file():
+                client.log_artifact(run_id, str(item))
+    for i, fold in enumerate(r.folds):
+        fold_run = client.create_run(
+            experiment_id,
+            run_name=f"{r.suite}::{r.case}::fold{i}",
+            tags={
+                "mlflow.parentRunId": run_id,
+                "harness.kind": "fold",
+                "harness.suite": r.suite,
+                "harness.case": r.case,
+                "harness.fold": str(i),
+            },
+        ).info.run_id
+        _batch(client, fold_run, [Metric(k, x, now, 0) for k, x in fold.items()], [])
+        if folder is not None and (folder / f"fold{i}").is_dir():
+            client.log_artifacts(fold_run, str(folder / f"fold{i}"), artifact_path="model")
+        client.set_terminated(fold_run)
+    client.set_terminated(run_id, "FINISHED" if v.ok else "FAILED")
+    return True
+
+
+def _batch(client: Any, run_id: str, metrics: list[Any], params: list[Any]) -> None:
+    for i in range(0, len(params), _PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[i : i + _PARAMS_PER_BATCH])
+    for i in range(0, len(metrics), _METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + _METRICS_PER_BATCH])
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    synced: int
+    skipped: int
+    failed: list[str]
+
+
+def sync_outbox(uri: str, outbox: Path = OUTBOX) -> SyncReport:
+    """Replay every outbox file into ``uri``; a file is deleted once its case is in the store.
+
+    Idempotent: case runs already in the store (same ``harness.outcome_id``) are skipped, and the
+    session run is found again by ``harness.session_id``.
+    """
+    from harness.session import Outcome
+
+    files = sorted(outbox.glob("*.json")) if outbox.is_dir() else []
+    if not files:
+        return SyncReport(0, 0, [])
+    client, experiment_id = connect(uri)
+    synced = skipped = 0
+    failed = []
+    for path in files:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            session = _Session(**record["session"])
+            outcome = Outcome.from_json(json.dumps(record["outcome"]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            failed.append(f"{path}: not an outbox record ({err})")
+            continue
+        try:
+            parent = session_run(client, experiment_id, session)
+            if log_outcome(client, experiment_id, parent, outcome, session.tags):
+                synced += 1
+            else:
+                skipped += 1
+        except Exception as err:
+            failed.append(f"{path}: {describe_failure(err)}")
+            continue
+        path.unlink()
+    return SyncReport(synced, skipped, failed)
+
+
+def case_metrics(client: Any, run_id: str) -> dict[tuple[str, str], dict[str, float]]:
+    """Metrics of the case runs of a session run (or of one case run), by (suite, case)."""
+    run = client.get_run(run_id)
+    if run.data.tags.get("harness.kind") == "case":
+        runs = [run]
+    else:
+        runs = client.search_runs(
+            [run.info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{run_id}' and tags.`harness.kind` = 'case'",
+            max_results=10000,
+        )
+    return {
+        (r.data.tags["harness.suite"], r.data.tags["harness.case"]): dict(r.data.metrics)
+        for r in runs
+    }
+
+
+def latest_session(client: Any, experiment_id: str, branch: str) -> str | None:
+    """The newest session run logged from ``branch``."""
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`harness.kind` = 'session' and tags.`mlflow.source.git.branch` = '{branch}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return str(found[0].info.run_id) if found else None
+
+
+def source_tags() -> dict[str, str]:
+    """Git commit and branch (MLflow's own tag names) and, in GitHub Actions, the run's URL."""
+    from harness.baseline import git, git_commit
 
     tags = {"mlflow.source.git.commit": git_commit()}
+    branch = (
+        os.environ.get("GITHUB_HEAD_REF")
+        or os.environ.get("GITHUB_REF_NAME")
+        or git("rev-parse", "--abbrev-ref", "HEAD")
+    )
+    if branch and branch != "HEAD":
+        tags["mlflow.source.git.branch"] = branch
     if os.environ.get("GITHUB_ACTIONS") == "true":
         server = os.environ.get("GITHUB_SERVER_URL", "https://github.com")
         repo, run = os.environ.get("GITHUB_REPOSITORY", ""), os.environ.get("GITHUB_RUN_ID", "")

@@ -125,7 +125,8 @@ def test_xdist_run_writes_every_baseline(tiny_project: pytest.Pytester) -> None:
     res.stdout.fnmatch_lines(["*2 case(s): 2 passed, 0 failed*"])
     summary = json.loads((p.path / "report" / "summary.json").read_text())
     assert sorted(s["case"] for s in summary) == ["mag-50", "struct-30"]
-    assert (p.path / "report" / "tiny__mag-50.json").exists()
+    assert (p.path / "report" / "tiny__mag-50" / "report.json").exists()
+    assert (p.path / "report" / "tiny__mag-50" / "confusion_pruned.png").exists()
     # and the gate under xdist agrees with the serial run
     res = p.runpytest_subprocess("suites", NO_MLFLOW, "-n", "2")
     res.assert_outcomes(passed=2)
@@ -169,7 +170,7 @@ def test_unreachable_mlflow_keeps_results_in_outbox(
     res.stdout.fnmatch_lines(["*MLflow at http://127.0.0.1:9 failed*results are kept in*outbox*"])
     files = sorted((p.path / ".harness" / "outbox").glob("*.json"))
     assert len(files) == 2
-    assert {json.loads(f.read_text())["result"]["case"] for f in files} == {"mag-50", "struct-30"}
+    assert {json.loads(f.read_text())["outcome"]["result"]["case"] for f in files} == {"mag-50", "struct-30"}
 
 
 def test_default_store_is_sqlite_in_rootdir(
