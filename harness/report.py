@@ -175,16 +175,16 @@ def write_case(folder: Path, outcome: Outcome, pruned_states: Sequence[dict] = (
 
 
 def _plots(folder: Path, outcome: Outcome) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib's object API without pyplot: no global figure state, cheaper per figure
+    from matplotlib.figure import Figure
 
     r = outcome.result
     names = list(r.class_names)
+    rotation = 90 if len(names) > 4 else 0
     title = f"{r.suite}::{r.case}"
     for model, matrix in r.confusion.items():
-        fig, ax = plt.subplots(figsize=(4.5, 4))
+        fig = Figure(figsize=(4.5, 4.2))
+        ax = fig.add_axes((0.2, 0.18, 0.75, 0.7))
         ax.imshow(matrix, cmap="Blues")
         ax.set(
             title=f"{title}\n{model} (all folds)",
@@ -193,39 +193,35 @@ def _plots(folder: Path, outcome: Outcome) -> None:
             xticks=range(len(names)),
             yticks=range(len(names)),
         )
-        ax.set_xticklabels(names, rotation=90 if len(names) > 4 else 0)
+        ax.set_xticklabels(names, rotation=rotation)
         ax.set_yticklabels(names)
-        for (i, j), value in np.ndenumerate(np.asarray(matrix)):
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
-        fig.tight_layout()
-        fig.savefig(folder / f"confusion_{model}.png", dpi=80)
-        plt.close(fig)
+        cells = np.asarray(matrix)
+        for (i, j), value in np.ndenumerate(cells):
+            if value:
+                color = "white" if value > cells.max() / 2 else "black"
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
+        fig.savefig(folder / f"confusion_{model}.png", dpi=72)
 
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3))
+    fig = Figure(figsize=(max(4.0, 0.5 * len(names) + 2), 3))
+    ax = fig.add_axes((0.12, 0.2, 0.85, 0.68))
     for shift, model in ((-0.2, "dense"), (0.2, "pruned")):
         values = [r.value(f"{model}.f1.class_{k}") or 0.0 for k in range(len(names))]
         ax.bar(x + shift, values, width=0.4, label=model)
-    ax.set(title=f"{title}: F1 per class", xticks=x, ylim=(0, 1.05), ylabel="F1")
-    ax.set_xticklabels(names, rotation=90 if len(names) > 4 else 0)
+    ax.set(xticks=x, ylim=(0, 1.05), ylabel="F1")
+    ax.set_title(f"{title}: F1 per class", fontsize=9)
+    ax.set_xticklabels(names, rotation=rotation)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(folder / "f1_per_class.png", dpi=80)
-    plt.close(fig)
+    fig.savefig(folder / "f1_per_class.png", dpi=72)
 
     layers = list(r.layer_sparsity)
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(layers) + 2), 3))
+    fig = Figure(figsize=(max(4.0, 0.6 * len(layers) + 2), 3.2))
+    ax = fig.add_axes((0.12, 0.3, 0.85, 0.6))
     ax.bar(range(len(layers)), [r.layer_sparsity[n] for n in layers])
-    ax.set(
-        title=f"{title}: weights removed per layer",
-        xticks=range(len(layers)),
-        ylim=(0, 1),
-        ylabel="fraction of dense weights",
-    )
-    ax.set_xticklabels(layers, rotation=45, ha="right")
-    fig.tight_layout()
-    fig.savefig(folder / "layer_sparsity.png", dpi=80)
-    plt.close(fig)
+    ax.set(xticks=range(len(layers)), ylim=(0, 1), ylabel="removed")
+    ax.set_title(f"{title}: weights removed per layer", fontsize=9)
+    ax.set_xticklabels(layers, rotation=30, ha="right")
+    fig.savefig(folder / "layer_sparsity.png", dpi=72)
 
 
 def write_session(directory: Path, outcomes: Sequence[Outcome]) -> None:

@@ -26,8 +26,13 @@ OUTBOX = Path(".harness") / "outbox"
 ARTIFACTS = Path(".harness") / "artifacts"
 _METRICS_PER_BATCH = 1000  # MLflow's limits per log_batch call
 _PARAMS_PER_BATCH = 100
-# Without these, MLflow's client retries an unreachable server for minutes; users may override.
-_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# Without the first two, MLflow's client retries an unreachable server for minutes; telemetry
+# would phone home from CI. Users may override each.
+_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
 
 
 def default_uri(workdir: Path | None = None) -> str:
@@ -132,7 +137,7 @@ class MlflowTracker(Tracker):
 
 def connect(uri: str) -> tuple[Any, str]:
     """An ``MlflowClient`` for ``uri`` and the id of the harness's experiment (created once)."""
-    for key, value in _HTTP_DEFAULTS.items():
+    for key, value in _ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     from mlflow.tracking import MlflowClient
 
