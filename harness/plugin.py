@@ -98,6 +98,19 @@ class HarnessPlugin:
                 keep.append((name, value))
         report.user_properties = keep  # the full outcome is not a junitxml property
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if any(isinstance(item, CaseItem) for item in session.items):
+            self.recorder.tracker.warm_up()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        # while every worker is busy, results wait; the first idle worker frees a core for them
+        self.recorder.held = True
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        self.recorder.release()
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         from harness import report
 

@@ -175,18 +175,30 @@ def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hi
 @dataclass
 class Recorder:
     """Collects a session's outcomes in one process (the pytest controller, or the CLI) and logs
-    each to the tracker as it arrives."""
+    each to the tracker as it arrives, or, while ``held``, once :meth:`release` is called (the
+    plugin holds while every xdist worker is busy, so tracking does not steal their CPU)."""
 
     settings: Settings
     tracker: Tracker = field(default_factory=Tracker)
     outcomes: list[Outcome] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    held: bool = False
+    _logged: int = 0
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
-        self.tracker.log_case(outcome)
+        if not self.held:
+            self.release()
+
+    def release(self) -> None:
+        """Log what is waiting and stop holding."""
+        self.held = False
+        for outcome in self.outcomes[self._logged :]:
+            self.tracker.log_case(outcome)
+        self._logged = len(self.outcomes)
 
     def finish(self) -> None:
+        self.release()
         self.tracker.close(all(o.verdict.ok for o in self.outcomes))
         self.messages.extend(self.tracker.messages)
         if self.settings.report_dir is not None and self.outcomes:

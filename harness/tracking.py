@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ class Tracker:
     def __init__(self) -> None:
         self.messages: list[str] = []
 
+    def warm_up(self) -> None:
+        """Get ready in the background (cases are about to run)."""
+
     def log_case(self, outcome: Outcome) -> None:
         """Log one case (and its folds)."""
 
@@ -81,12 +85,22 @@ class MlflowTracker(Tracker):
         self.experiment_id = ""
         self.session_run: str | None = None
         self.broken: str | None = None
+        self._connecting: _Background | None = None
+
+    def warm_up(self) -> None:
+        """Import MLflow and open (create, migrate) the store in a background thread, while the
+        first cases run, instead of on the critical path at the first result."""
+        if self._connecting is None and self.client is None:
+            self._connecting = _Background(connect, self.uri)
 
     def log_case(self, outcome: Outcome) -> None:
         if self.broken is None:
             try:
                 if self.client is None:
-                    self.client, self.experiment_id = connect(self.uri)
+                    pending, self._connecting = self._connecting, None
+                    self.client, self.experiment_id = (
+                        pending.result() if pending is not None else connect(self.uri)
+                    )
                 if self.session_run is None:
                     self.session_run = session_run(self.client, self.experiment_id, self.session)
                 log_outcome(
@@ -133,6 +147,28 @@ class MlflowTracker(Tracker):
             f"results logged to MLflow at {self.uri} "
             f"(experiment {EXPERIMENT!r}, run {self.session_run})"
         )
+
+
+class _Background:
+    """A call running in a daemon thread (never keeps the process alive at exit)."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Any, *args: Any) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as err:
+            self._error = err
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def connect(uri: str) -> tuple[Any, str]:
