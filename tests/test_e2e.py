@@ -132,12 +132,17 @@ def test_xdist_run_writes_every_baseline(tiny_project: pytest.Pytester) -> None:
     res.assert_outcomes(passed=2)
 
 
-def test_mlflow_sqlite_store_has_nested_runs(tiny_project: pytest.Pytester) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["serial", "xdist"])
+def test_mlflow_sqlite_store_has_nested_runs(tiny_project: pytest.Pytester, workers: int) -> None:
     from mlflow.tracking import MlflowClient
 
     p = tiny_project
     uri = f"sqlite:///{p.path / 'store.db'}"
-    res = p.runpytest("suites", "--harness-regen", "--harness-mlflow-uri", uri)
+    args = ("suites", "--harness-regen", "--harness-mlflow-uri", uri)
+    if workers:  # results are held while both workers are busy, then logged
+        res = p.runpytest_subprocess(*args, "-n", str(workers))
+    else:
+        res = p.runpytest(*args)
     res.assert_outcomes(passed=2)
     res.stdout.fnmatch_lines(["*results logged to MLflow at sqlite:*"])
     client = MlflowClient(tracking_uri=uri)
