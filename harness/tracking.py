@@ -121,25 +121,25 @@ class MlflowTracker(Tracker):
         self._to_outbox(outcome)
 
     def _to_outbox(self, outcome: Outcome) -> None:
-        self.outbox.mkdir(parents=True, exist_ok=True)
         r = outcome.result
-        path = self.outbox / f"{int(time.time())}-{r.suite}__{r.case}-{outcome.id[:8]}.json"
-        record = {
-            "session": vars(self.session),
-            "outcome": json.loads(outcome.to_json()),
-        }
+        record = {"session": vars(self.session), "outcome": json.loads(outcome.to_json())}
+        self._write_outbox(f"{r.suite}__{r.case}-{outcome.id[:8]}", record)
+
+    def _write_outbox(self, name: str, record: dict[str, Any]) -> None:
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        path = self.outbox / f"{int(time.time())}-{name}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record), encoding="utf-8")
         tmp.replace(path)
 
     def close(self, passed: bool) -> None:
-        if self.client is None or self.broken is not None or self.session_run is None:
+        if self.broken is not None:  # mlflow-sync closes the session run after the replay
+            self._write_outbox("~session-end", {"session": vars(self.session), "passed": passed})
+            return
+        if self.client is None or self.session_run is None:
             return
         try:
-            self.client.set_tag(
-                self.session_run, "harness.verdict", "pass" if passed else "regressed"
-            )
-            self.client.set_terminated(self.session_run, "FINISHED" if passed else "FAILED")
+            end_session(self.client, self.session_run, passed)
         except Exception as err:
             self.messages.append(f"MLflow at {self.uri}: could not close the session run ({err})")
             return
@@ -184,13 +184,19 @@ def connect(uri: str) -> tuple[Any, str]:
 
 def describe_failure(err: Exception) -> str:
     """One line for a failed store operation; credentials problems say which variables to set."""
-    text = " ".join(str(err).split())[:160]
-    if any(s in text for s in ("401", "403", "Unauthorized", "Permission denied", "PERMISSION")):
-        return (
-            "the server refused the credentials: check MLFLOW_TRACKING_USERNAME / "
-            f"MLFLOW_TRACKING_PASSWORD ({type(err).__name__}: {text[:120]})"
-        )
-    return f"{type(err).__name__}: {text}"
+    text = " ".join(str(err).split())
+    for code in ("401", "403"):
+        if f"error code {code}" in text or f" {code} " in f" {text} " or "Unauthorized" in text:
+            return (
+                f"the server refused the credentials (HTTP {code}): check "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+            )
+    return f"{type(err).__name__}: {text[:160]}"
+
+
+def end_session(client: Any, run_id: str, passed: bool) -> None:
+    client.set_tag(run_id, "harness.verdict", "pass" if passed else "regressed")
+    client.set_terminated(run_id, "FINISHED" if passed else "FAILED")
 
 
 def session_run(client: Any, experiment_id: str, session: _Session) -> str:
@@ -311,7 +317,8 @@ def sync_outbox(uri: str, outbox: Path = OUTBOX) -> SyncReport:
     """
     from harness.session import Outcome
 
-    files = sorted(outbox.glob("*.json")) if outbox.is_dir() else []
+    # case records first, then the session ends they belong to
+    files = sorted(outbox.glob("*.json"), key=lambda p: ("~session-end" in p.name, p.name))
     if not files:
         return SyncReport(0, 0, [])
     client, experiment_id = connect(uri)
@@ -321,13 +328,18 @@ def sync_outbox(uri: str, outbox: Path = OUTBOX) -> SyncReport:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
             session = _Session(**record["session"])
-            outcome = Outcome.from_json(json.dumps(record["outcome"]))
+            outcome = (
+                Outcome.from_json(json.dumps(record["outcome"])) if "outcome" in record else None
+            )
+            passed = bool(record["passed"]) if outcome is None else True
         except (OSError, ValueError, KeyError, TypeError) as err:
             failed.append(f"{path}: not an outbox record ({err})")
             continue
         try:
             parent = session_run(client, experiment_id, session)
-            if log_outcome(client, experiment_id, parent, outcome, session.tags):
+            if outcome is None:
+                end_session(client, parent, passed)
+            elif log_outcome(client, experiment_id, parent, outcome, session.tags):
                 synced += 1
             else:
                 skipped += 1
