@@ -69,6 +69,13 @@ def _warm_up() -> None:
 _warm_up()
 
 
+@pytest.fixture(autouse=True)
+def _no_ci_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner pytest runs must not write to the real CI's job summary or tag runs with it."""
+    for name in ("GITHUB_STEP_SUMMARY", "GITHUB_ACTIONS", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def tiny_project(pytester: pytest.Pytester) -> pytest.Pytester:
     """A pytester directory with ``suites/tiny.toml`` (2 cases) and no baselines yet."""
