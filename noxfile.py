@@ -55,3 +55,10 @@ def bench(session: nox.Session) -> None:
     """Benchmark the gate's wall time with and without MLflow logging (a ratio, not a test)."""
     _install(session, "test")
     session.run("python", "benchmarks/bench_gate.py", *session.posargs)
+
+
+@nox.session(default=False)
+def calibrate(session: nox.Session) -> None:
+    """Calibrate the gate's policies: false alarms on noise reruns, detection of regressions."""
+    _install(session, "test")
+    session.run("python", "benchmarks/calibrate.py", *session.posargs)

@@ -44,7 +44,9 @@ def main() -> None:
     a, b = statistics.median(plain), statistics.median(logged)
     print(f"gate without MLflow: {a:.1f} s (median of {opts.repeats})")
     print(f"gate with MLflow:    {b:.1f} s (median of {opts.repeats})")
-    print(f"each run without / with: {[round(x, 1) for x in plain]} / {[round(x, 1) for x in logged]}")
+    print(
+        f"each run without / with: {[round(x, 1) for x in plain]} / {[round(x, 1) for x in logged]}"
+    )
     print(f"MLflow overhead ratio: {b / a:.3f}")
 
 

@@ -38,6 +38,7 @@ class Baseline:
     created: str
     metrics: dict[str, MetricSummary]
     schema_version: int = SCHEMA_VERSION
+    pie_ids: tuple[int, ...] = ()  # the pruning-identified exemplars (sample indices)
 
     def value(self, name: str) -> float | None:
         summary = self.metrics.get(name)
@@ -53,6 +54,7 @@ class Baseline:
             "commit": self.commit,
             "created": self.created,
             "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
+            **({"pie": {"ids": list(self.pie_ids)}} if self.pie_ids else {}),
         }
 
     @classmethod
@@ -65,6 +67,7 @@ class Baseline:
             git_commit(),
             dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             dict(result.metrics),
+            pie_ids=tuple(result.pie.get("ids", ())),
         )
 
 
@@ -212,4 +215,12 @@ def _parse(data: Any, path: Path) -> Baseline:
         data["created"],
         metrics,
         version,
+        _pie_ids(data.get("pie", {}), path),
     )
+
+
+def _pie_ids(pie: Any, path: Path) -> tuple[int, ...]:
+    ids = pie.get("ids", []) if isinstance(pie, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and i >= 0 for i in ids):
+        raise BaselineError(f'{path}: pie = {pie!r}: must be {{"ids": [sample indices]}}')
+    return tuple(ids)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from harness.baseline import Baseline, same_hardware
@@ -37,10 +37,12 @@ class Check:
     rule: str
     passed: bool | None
     note: str = ""
+    test: str = ""  # the statistical test behind a policy's decision, one line
 
     def line(self) -> str:
         ref = "" if self.reference is None else f"{self._against()} {_fmt(self.reference)}, "
-        return f"{self.key}: {ref}now {_fmt(self.now)}, allowed {self.allowed} ({self.rule})"
+        test = f"; {self.test}" if self.test else ""
+        return f"{self.key}: {ref}now {_fmt(self.now)}, allowed {self.allowed} ({self.rule}{test})"
 
     def _against(self) -> str:
         return "dense" if self.key.startswith("vs_dense.") else "baseline"
@@ -57,11 +59,33 @@ class Rule:
     max_rel_drop: float | None = None
     min: float | None = None
     max: float | None = None
+    policy: str = "threshold"
+    alpha: float = 0.05
 
     @classmethod
     def parse(cls, spec: RuleSpec) -> Rule:
         ref, vs_dense = rule_target(spec.metric)
-        return cls(spec.metric, ref, vs_dense, spec.max_drop, spec.max_rel_drop, spec.min, spec.max)
+        return cls(
+            spec.metric,
+            ref,
+            vs_dense,
+            spec.max_drop,
+            spec.max_rel_drop,
+            spec.min,
+            spec.max,
+            spec.policy,
+            spec.alpha,
+        )
+
+    @classmethod
+    def expand(cls, spec: RuleSpec, n_classes: int | None) -> list[Rule]:
+        """The rule, or one rule per class for a ``class_*`` wildcard key."""
+        if "class_*" not in spec.metric or n_classes is None:
+            return [cls.parse(spec)]
+        return [
+            cls.parse(replace(spec, metric=spec.metric.replace("class_*", f"class_{k}")))
+            for k in range(n_classes)
+        ]
 
     def describe(self) -> str:
         parts = [
@@ -75,7 +99,8 @@ class Rule:
             if v is not None
         ]
         against = " vs dense" if self.vs_dense else " vs baseline" if self._relative else ""
-        return ", ".join(parts) + against
+        policy = f", {self.policy} at alpha {self.alpha:g}" if self.policy != "threshold" else ""
+        return ", ".join(parts) + against + policy
 
     @property
     def _relative(self) -> bool:
@@ -87,12 +112,14 @@ class Rule:
         if now is None:
             return self._skip(None, None, f"{name} was not measured")
         reference: float | None = None
+        ref_folds: tuple[float, ...] = ()
         bounds: list[tuple[str, float]] = []  # (comparison, bound) in the metric's "good" sense
         if self._relative:
             if self.vs_dense:
                 reference = result.value(f"dense.{self.ref.base}")
                 if reference is None:
                     return self._skip(None, now, f"dense.{self.ref.base} was not measured")
+                ref_folds = result.metrics[f"dense.{self.ref.base}"].folds
             else:
                 if baseline is None:
                     return self._skip(None, now, "no baseline")
@@ -101,6 +128,7 @@ class Rule:
                 reference = baseline.value(name)
                 if reference is None:
                     return self._skip(None, now, f"{name} is not in the baseline (--harness-regen)")
+                ref_folds = baseline.metrics[name].folds
             higher = self.ref.direction is Direction.HIGHER
             sign = 1 if higher else -1
             if self.max_drop is not None:
@@ -116,10 +144,45 @@ class Rule:
             bounds.append((">=", self.min))
         if self.max is not None:
             bounds.append(("<=", self.max))
-        failed = [(op, b) for op, b in bounds if not _holds(now, op, b)]
-        shown = failed or bounds
+        failed = [i for i, (op, b) in enumerate(bounds) if not _holds(now, op, b)]
+        test = ""
+        if self.policy != "threshold" and self.max_drop is not None and reference is not None:
+            decided, test = self._decide(result, ref_folds)
+            if decided is not None:  # the policy replaces the plain max_drop comparison (bound 0)
+                failed = [i for i in failed if i != 0] + ([0] if decided else [])
+        failed_bounds = [bounds[i] for i in sorted(failed)]
+        shown = failed_bounds or bounds
         allowed = " and ".join(f"{op} {_fmt(b)}" for op, b in _tightest(shown))
-        return Check(self.key, name, reference, now, allowed, self.describe(), not failed)
+        return Check(
+            self.key, name, reference, now, allowed, self.describe(), not failed, test=test
+        )
+
+    def _decide(self, result: CaseResult, ref_folds: tuple[float, ...]) -> tuple[bool | None, str]:
+        """Apply the statistical policy to the paired per-fold values (harness.stats)."""
+        from harness import stats
+
+        now_folds = result.metrics[self.ref.name].folds
+        if len(now_folds) < 2 or len(now_folds) != len(ref_folds):
+            return None, f"{self.policy} needs paired per-fold values; judged by the mean"
+        sign = 1.0 if self.ref.direction is Direction.HIGHER else -1.0
+        worsening = [sign * (r - n) for r, n in zip(ref_folds, now_folds, strict=True)]
+        # fold sizes for the variance correction (a validation fold vs its training part)
+        n_test = int(result.dataset.get("n_test", 1))
+        n_train = int(result.dataset.get("n_train", n_test * max(1, len(now_folds) - 1)))
+        decision = stats.decide(
+            self.policy,
+            worsening,
+            margin=float(self.max_drop or 0.0),
+            alpha=self.alpha,
+            n_train=n_train,
+            n_test=n_test,
+        )
+        test = decision.reason
+        if self.vs_dense and result.pie:
+            test += (
+                "; " + stats.mcnemar(result.pie["mcnemar_b"], result.pie["mcnemar_c"]).describe()
+            )
+        return decision.failed, test
 
     def _skip(self, reference: float | None, now: float | None, note: str) -> Check:
         return Check(self.key, self.ref.name, reference, now, "-", self.describe(), None, note)
@@ -194,7 +257,12 @@ def evaluate(
             f" {baseline.env.get('threads')} threads); compare same-run speedup"
         )
     usable = baseline if baseline is not None and baseline.spec_hash == result.spec_hash else None
-    checks = tuple(Rule.parse(r).check(result, usable, hardware_note=hardware_note) for r in rules)
+    n_classes = len(result.class_names) or None
+    checks = tuple(
+        rule.check(result, usable, hardware_note=hardware_note)
+        for spec in rules
+        for rule in Rule.expand(spec, n_classes)
+    )
     failed = any(c.passed is False for c in checks)
     notes: list[str] = []
     if baseline is None:

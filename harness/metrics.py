@@ -59,13 +59,18 @@ MODEL_METRICS: dict[str, Direction] = {
     "latency_ms_p95": Direction.LOWER,
     "latency_batch_ms_p50": Direction.LOWER,
     "latency_batch_ms_p95": Direction.LOWER,
+    "pie_accuracy": Direction.HIGHER,  # accuracy on the pruning-identified exemplars
 }
 RUN_METRICS: dict[str, Direction] = {
     "speedup": Direction.HIGHER,
     "speedup_batch": Direction.HIGHER,
     "param_reduction": Direction.HIGHER,
     "flops_reduction": Direction.HIGHER,
+    "pie_rate": Direction.LOWER,  # fraction of samples that are pruning-identified exemplars
+    "pie_count": Direction.LOWER,
+    "disagreement_rate": Direction.LOWER,  # dense and pruned predict differently
 }
+EDGE_METRICS = ("accuracy", "f1_macro")  # measured on every edge-case set
 # Metrics whose absolute values depend on the machine: compared against a baseline only when the
 # baseline was measured on the same hardware.
 HARDWARE_BOUND = frozenset(k for k in MODEL_METRICS if k.startswith("latency")) | {
@@ -73,7 +78,8 @@ HARDWARE_BOUND = frozenset(k for k in MODEL_METRICS if k.startswith("latency")) 
     "speedup_batch",
 }
 
-_PER_CLASS_RE = re.compile(r"^(precision|recall|f1)\.class_(\d+)$")
+_PER_CLASS_RE = re.compile(r"^(precision|recall|f1)\.class_(\d+|\*)$")
+_EDGE_RE = re.compile(r"^edge\.[a-z0-9_.]+\.(" + "|".join(EDGE_METRICS) + ")$")
 
 
 @dataclass(frozen=True)
@@ -103,9 +109,12 @@ def parse_metric(name: str) -> MetricRef:
             return MetricRef(model, base, MODEL_METRICS[base])
         if _PER_CLASS_RE.match(base):
             return MetricRef(model, base, Direction.HIGHER)
+        if _EDGE_RE.match(base):
+            return MetricRef(model, base, Direction.HIGHER)
     raise UnknownMetricError(
         f"{name!r} is not a metric; use dense.<m>, pruned.<m> or vs_dense.<m> with <m> one of "
-        f"{', '.join(MODEL_METRICS)}, <precision|recall|f1>.class_<k>; or {', '.join(RUN_METRICS)}"
+        f"{', '.join(MODEL_METRICS)}, <precision|recall|f1>.class_<k|*>, "
+        f"edge.<set>.<{'|'.join(EDGE_METRICS)}>; or {', '.join(RUN_METRICS)}"
     )
 
 

@@ -59,6 +59,7 @@ class CaseResult:
     class_names: tuple[str, ...] = ()
     confusion: dict[str, list[list[int]]] = field(default_factory=dict)  # summed over folds
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # mean over folds
+    pie: dict[str, Any] = field(default_factory=dict)  # exemplar ids, McNemar's b and c
     pruned_states: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
 
     def value(self, name: str) -> float | None:
@@ -78,6 +79,7 @@ class CaseResult:
             "class_names": list(self.class_names),
             "confusion": self.confusion,
             "layer_sparsity": self.layer_sparsity,
+            "pie": self.pie,
         }
 
     @classmethod
@@ -94,14 +96,24 @@ class CaseResult:
             class_names=tuple(data["class_names"]),
             confusion=data["confusion"],
             layer_sparsity=data["layer_sparsity"],
+            pie=data["pie"],
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
+class _Evaluation:
+    """A model on one validation fold: metrics, confusion matrix, predictions and logits."""
+
+    metrics: dict[str, float]
+    confusion: np.ndarray
+    pred: np.ndarray
+    logits: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
 class _Dense:
     state: dict[str, torch.Tensor]
-    metrics: dict[str, float]  # deterministic dense metrics (no latency)
-    confusion: np.ndarray
+    evaluation: _Evaluation  # deterministic dense metrics (no latency)
 
 
 _DENSE_CACHE: dict[tuple[str, int], _Dense] = {}
@@ -126,18 +138,18 @@ def _new_model(suite: SuiteSpec, ds: Dataset, seed: int) -> nn.Module:
     return build(suite.model, ds.n_features, ds.n_classes, suite.model_args)
 
 
-def _evaluate(model: nn.Module, fold: Fold, ds: Dataset) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics on the validation fold and its confusion matrix."""
+def _evaluate(model: nn.Module, fold: Fold, ds: Dataset) -> _Evaluation:
     from sklearn.metrics import confusion_matrix
 
-    val_pred = predict_logits(model, fold.X_val).argmax(1)
+    logits = predict_logits(model, fold.X_val)
+    val_pred = logits.argmax(1)
     train_pred = predict_logits(model, fold.X_train).argmax(1)
     out = M.classification_metrics(fold.y_val, val_pred, ds.n_classes)
     out["train_accuracy"] = float((train_pred == fold.y_train).mean())
     out["train_val_gap"] = out["train_accuracy"] - out["accuracy"]
     out.update(M.model_stats(model, torch.as_tensor(fold.X_val[:1])))
     confusion = confusion_matrix(fold.y_val, val_pred, labels=list(range(ds.n_classes)))
-    return out, confusion
+    return _Evaluation(out, confusion, val_pred, logits)
 
 
 def _layer_sparsity(dense: nn.Module, pruned: nn.Module) -> dict[str, float]:
@@ -151,6 +163,14 @@ def _layer_sparsity(dense: nn.Module, pruned: nn.Module) -> dict[str, float]:
     }
 
 
+def _margin(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Logit of the true class minus the best other logit (negative: misclassified)."""
+    true = logits[np.arange(len(y)), y]
+    other = logits.copy()
+    other[np.arange(len(y)), y] = -np.inf
+    return np.asarray(true - other.max(1))
+
+
 def _dense(suite: SuiteSpec, ds: Dataset, fold: Fold) -> _Dense:
     key = (suite.dense_key(), fold.index)
     if key not in _DENSE_CACHE:
@@ -158,16 +178,57 @@ def _dense(suite: SuiteSpec, ds: Dataset, fold: Fold) -> _Dense:
         model = _new_model(suite, ds, seed)
         fit(model, fold.X_train, fold.y_train, suite.train, seed=seed)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        metrics, confusion = _evaluate(model, fold, ds)
-        _DENSE_CACHE[key] = _Dense(state, metrics, confusion)
+        _DENSE_CACHE[key] = _Dense(state, _evaluate(model, fold, ds))
     return _DENSE_CACHE[key]
+
+
+def _edge_metrics(
+    suite: SuiteSpec,
+    case: CaseSpec,
+    ds: Dataset,
+    fold: Fold,
+    dense_eval: _Evaluation,
+    models: dict[str, nn.Module],
+) -> dict[str, float]:
+    """``<model>.edge.<set>.<metric>`` for every edge-case set of the case."""
+    if not suite.edge_sets(case):
+        return {}
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from harness.data.edge import make_edge_set, parse_edge
+
+    out: dict[str, float] = {}
+    margin = _margin(dense_eval.logits, fold.y_val)
+    for text in suite.edge_sets(case):
+        edge = parse_edge(text)
+        X, y = make_edge_set(
+            edge,
+            fold,
+            ds,
+            dense_margin=margin,
+            seed=suite.seed * 1000 + fold.index,
+            base=suite.base_dir,
+        )
+        present = np.unique(y)  # slices hold some classes only: average over those
+        for model_name, model in models.items():
+            pred = predict_logits(model, X).argmax(1)
+            prefix = f"{model_name}.edge.{edge.name}"
+            out[f"{prefix}.accuracy"] = float(accuracy_score(y, pred))
+            out[f"{prefix}.f1_macro"] = float(
+                f1_score(y, pred, labels=present, average="macro", zero_division=0)
+            )
+    return out
 
 
 @dataclass(frozen=True, eq=False)
 class FoldResult:
-    """One fold: its metrics (``dense.*``, ``pruned.*``, same-run ratios) and what plots need."""
+    """One fold: its metrics (``dense.*``, ``pruned.*``, same-run ratios), the per-sample
+    predictions (for exemplars and McNemar) and what plots need."""
 
     metrics: dict[str, float]
+    val_idx: np.ndarray
+    dense_pred: np.ndarray
+    pruned_pred: np.ndarray
     confusion_dense: np.ndarray
     confusion_pruned: np.ndarray
     layer_sparsity: dict[str, float]
@@ -202,7 +263,8 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
     pruned = pruner.finalize(pruned)
     pruned.eval()
 
-    pruned_metrics, pruned_confusion = _evaluate(pruned, fold, ds)
+    dense_eval = cached.evaluation
+    pruned_eval = _evaluate(pruned, fold, ds)
     lat = M.measure_latency(
         [dense, pruned],
         fold.X_val,
@@ -210,8 +272,8 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
         warmup=suite.latency.warmup,
         repeats=suite.latency.repeats,
     )
-    dense_metrics = {**cached.metrics, **lat[0].as_metrics()}
-    pruned_metrics.update(lat[1].as_metrics())
+    dense_metrics = {**dense_eval.metrics, **lat[0].as_metrics()}
+    pruned_metrics = {**pruned_eval.metrics, **lat[1].as_metrics()}
 
     out = {f"dense.{k}": v for k, v in dense_metrics.items()}
     out.update({f"pruned.{k}": v for k, v in pruned_metrics.items()})
@@ -219,9 +281,49 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
     out["speedup_batch"] = lat[0].batch_p50 / lat[1].batch_p50
     out["param_reduction"] = 1 - pruned_metrics["nonzero_params"] / dense_metrics["params"]
     out["flops_reduction"] = 1 - pruned_metrics["flops_nonzero"] / dense_metrics["flops"]
+    out["disagreement_rate"] = float((dense_eval.pred != pruned_eval.pred).mean())
+    out.update(_edge_metrics(suite, case, ds, fold, dense_eval, {"dense": dense, "pruned": pruned}))
     return FoldResult(
-        out, cached.confusion, pruned_confusion, _layer_sparsity(dense, pruned), pruned
+        out,
+        fold.val_idx,
+        dense_eval.pred,
+        pruned_eval.pred,
+        dense_eval.confusion,
+        pruned_eval.confusion,
+        _layer_sparsity(dense, pruned),
+        pruned,
     )
+
+
+def exemplars(folds: list[FoldResult], y: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """Pruning-identified exemplars (Hooker et al. 2019): samples whose modal prediction over the
+    pruned models that validated them differs from the dense models' modal prediction.
+
+    With ``repeats`` > 1 every sample has a population of models (one per repeat); with one
+    repeat the mode is the single prediction. Ties go to the lower class index. Also returns
+    McNemar's discordant counts of dense vs pruned over all (fold, sample) pairs.
+    """
+    dense_votes = np.zeros((len(y), n_classes), dtype=np.int64)
+    pruned_votes = np.zeros_like(dense_votes)
+    b = c = 0
+    for f in folds:
+        np.add.at(dense_votes, (f.val_idx, f.dense_pred), 1)
+        np.add.at(pruned_votes, (f.val_idx, f.pruned_pred), 1)
+        truth = y[f.val_idx]
+        b += int(((f.dense_pred == truth) & (f.pruned_pred != truth)).sum())
+        c += int(((f.dense_pred != truth) & (f.pruned_pred == truth)).sum())
+    seen = dense_votes.sum(1) > 0
+    dense_mode, pruned_mode = dense_votes.argmax(1), pruned_votes.argmax(1)
+    ids = np.flatnonzero(seen & (dense_mode != pruned_mode))
+    return {
+        "ids": [int(i) for i in ids],
+        "count": len(ids),
+        "rate": len(ids) / int(seen.sum()),
+        "dense_accuracy": float((dense_mode[ids] == y[ids]).mean()) if len(ids) else None,
+        "pruned_accuracy": float((pruned_mode[ids] == y[ids]).mean()) if len(ids) else None,
+        "mcnemar_b": b,
+        "mcnemar_c": c,
+    }
 
 
 def run_case(suite: SuiteSpec, case: CaseSpec, *, keep_models: bool = False) -> CaseResult:
@@ -234,10 +336,16 @@ def run_case(suite: SuiteSpec, case: CaseSpec, *, keep_models: bool = False) -> 
     ds = load_dataset(suite.dataset, suite.dataset_args, suite.base_dir)
     folds: list[FoldResult] = []
     with _torch_settings(suite.threads):
-        for fold in make_folds(ds, suite.folds, seed=suite.seed):
+        for fold in make_folds(ds, suite.folds, seed=suite.cv_seed, repeats=suite.repeats):
             folds.append(run_fold(suite, case, ds, fold))
     per_fold = [f.metrics for f in folds]
     summary = {n: MetricSummary.of([f[n] for f in per_fold]) for n in sorted(per_fold[0])}
+    pie = exemplars(folds, np.asarray(ds.y), ds.n_classes)
+    summary["pie_rate"] = MetricSummary((), pie["rate"], 0.0)
+    summary["pie_count"] = MetricSummary((), float(pie["count"]), 0.0)
+    for model in ("dense", "pruned"):
+        if pie[f"{model}_accuracy"] is not None:
+            summary[f"{model}.pie_accuracy"] = MetricSummary((), pie[f"{model}_accuracy"], 0.0)
     layers = {
         n: float(np.mean([f.layer_sparsity[n] for f in folds])) for n in folds[0].layer_sparsity
     }
@@ -255,6 +363,8 @@ def run_case(suite: SuiteSpec, case: CaseSpec, *, keep_models: bool = False) -> 
             "rows": len(ds.y),
             "features": ds.n_features,
             "classes": ds.n_classes,
+            "n_test": round(float(np.mean([len(f.val_idx) for f in folds]))),
+            "n_train": len(ds.y) - round(float(np.mean([len(f.val_idx) for f in folds]))),
         },
         class_names=ds.class_names,
         confusion={
@@ -262,5 +372,6 @@ def run_case(suite: SuiteSpec, case: CaseSpec, *, keep_models: bool = False) -> 
             "pruned": np.sum([f.confusion_pruned for f in folds], axis=0).tolist(),
         },
         layer_sparsity=layers,
+        pie={k: pie[k] for k in ("ids", "mcnemar_b", "mcnemar_c")},
         pruned_states=tuple(f.pruned.state_dict() for f in folds) if keep_models else (),
     )

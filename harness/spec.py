@@ -23,6 +23,7 @@ SCHEDULERS = ("constant", "cosine", "step", "onecycle", "plateau")
 SCHEDULES = ("oneshot", "iterative")
 SCOPES = ("global", "layer")
 RULE_KEYS = ("max_drop", "max_rel_drop", "min", "max")
+POLICIES = ("threshold", "significant", "non_inferior")
 
 
 class SpecError(ValueError):
@@ -82,6 +83,8 @@ class RuleSpec:
     max_rel_drop: float | None = None
     min: float | None = None
     max: float | None = None
+    policy: str = "threshold"  # how max_drop is judged over the folds (harness.stats)
+    alpha: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class CaseSpec:
     prune: PruneSpec
     finetune: TrainSpec | None = None
     gate: tuple[RuleSpec, ...] = ()
+    edge: tuple[str, ...] | None = None  # None: the suite's edge sets
 
 
 @dataclass(frozen=True)
@@ -116,10 +120,20 @@ class SuiteSpec:
     seed: int = 0
     threads: int = 1
     folds: int = 5
+    repeats: int = 1  # repeated stratified k-fold: every sample is validated `repeats` times
+    fold_seed: int | None = None  # None: `seed` (a different value keeps folds, changes models)
     train: TrainSpec = field(default_factory=TrainSpec)
     latency: LatencySpec = field(default_factory=LatencySpec)
     gate: tuple[RuleSpec, ...] = ()
+    edge: tuple[str, ...] = ()  # edge-case sets (harness.data.edge) for every case
     source: str = "<python>"
+
+    @property
+    def cv_seed(self) -> int:
+        return self.seed if self.fold_seed is None else self.fold_seed
+
+    def edge_sets(self, case: CaseSpec) -> tuple[str, ...]:
+        return self.edge if case.edge is None else case.edge
 
     def case(self, name: str) -> CaseSpec:
         for case in self.cases:
@@ -147,6 +161,9 @@ class SuiteSpec:
                 "threads": self.threads,
                 "folds": self.folds,
                 "train": asdict(self.train),
+                # added later: part of the hash only when set, so older baselines stay valid
+                **({"repeats": self.repeats} if self.repeats != 1 else {}),
+                **({"fold_seed": self.cv_seed} if self.cv_seed != self.seed else {}),
             }
         )
 
@@ -158,6 +175,7 @@ class SuiteSpec:
                 "latency": asdict(self.latency),
                 "prune": _plain(asdict(case.prune)),
                 "finetune": asdict(case.finetune) if case.finetune else None,
+                **({"edge": list(self.edge_sets(case))} if self.edge_sets(case) else {}),
             }
         )
 
@@ -332,7 +350,11 @@ def _rules(table: _Table, n_classes: int) -> tuple[RuleSpec, ...]:
             raise table.fail(metric, table.data[metric], f"unknown metric ({err})") from err
         body = table.sub(metric)
         values = {k: body.take(k, float, None) for k in RULE_KEYS}
+        policy = body.take("policy", str, "threshold", _one_of(POLICIES))
+        alpha = body.take("alpha", float, 0.05, _probability)
         body.done()
+        if policy != "threshold" and values["max_drop"] is None:
+            raise body.fail("policy", policy, "needs max_drop (the margin it tests against)")
         if all(v is None for v in values.values()):
             raise table.fail(
                 metric, table.data[metric], f"a rule needs one of {', '.join(RULE_KEYS)}"
@@ -346,9 +368,13 @@ def _rules(table: _Table, n_classes: int) -> tuple[RuleSpec, ...]:
         ref, _ = rule_target(metric)
         if (index := _class_index(ref.base)) is not None and index >= n_classes:
             raise table.fail(metric, table.data[metric], f"the dataset has {n_classes} classes")
-        rules.append(RuleSpec(metric, **values))
+        rules.append(RuleSpec(metric, **values, policy=policy, alpha=alpha))
     table.done()
     return tuple(rules)
+
+
+def _probability(value: float) -> str | None:
+    return None if 0 < value < 1 else "must be in (0, 1)"
 
 
 def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteSpec:
@@ -392,6 +418,8 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         raise cv.fail(
             "folds", folds, f"more folds than the smallest class has samples ({smallest})"
         )
+    repeats = cv.take("repeats", int, 1, _positive)
+    fold_seed = cv.take("seed", int, None, _non_negative)
     cv.done()
 
     train = _train(top.sub("train"), TrainSpec())
@@ -402,8 +430,12 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         repeats=lat.take("repeats", int, 50, _positive),
     )
     lat.done()
-    n_classes = data_registry.load_dataset(dataset, dataset_args, base).n_classes
+    ds = data_registry.load_dataset(dataset, dataset_args, base)
+    n_classes = ds.n_classes
     gate = _rules(top.sub("gate"), n_classes)
+    edge_table = top.sub("edge")
+    edge = _edge_sets(edge_table, "sets", ds, base)
+    edge_table.done()
 
     top.seen.add("case")
     raw_cases = data.get("case", [])
@@ -426,8 +458,9 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         prune = _prune(table.sub("prune"))
         finetune = _train(table.sub("finetune"), train) if "finetune" in table.data else None
         case_gate = _rules(table.sub("gate"), n_classes)
+        case_edge = _edge_sets(table, "edge", ds, base) if "edge" in table.data else None
         table.done()
-        cases.append(CaseSpec(case_name, prune, finetune, case_gate))
+        cases.append(CaseSpec(case_name, prune, finetune, case_gate, case_edge))
     top.done()
     return SuiteSpec(
         name=name,
@@ -439,11 +472,36 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         seed=seed,
         threads=threads,
         folds=folds,
+        repeats=repeats,
+        fold_seed=fold_seed,
         train=train,
         latency=latency,
         gate=gate,
+        edge=edge,
         source=source,
     )
+
+
+def _edge_sets(table: _Table, key: str, dataset: Any, base: Path) -> tuple[str, ...]:
+    """Edge-case set declarations (``"gaussian_noise:0.1"``, ``"npz:edge/hard.npz"``, ...)."""
+    from harness.data.edge import check_edge, parse_edge
+
+    texts = table.take(key, list, [])
+    names: dict[str, str] = {}
+    for text in texts:
+        if not isinstance(text, str):
+            raise table.fail(key, texts, "must be a list of strings")
+        try:
+            edge = parse_edge(text)
+        except ValueError as err:
+            raise table.fail(key, text, str(err)) from err
+        problem = check_edge(edge, dataset, base)  # user files are loaded and checked too
+        if problem is not None:
+            raise table.fail(key, text, problem)
+        if edge.name in names:
+            raise table.fail(key, text, f"same metric name {edge.name!r} as {names[edge.name]!r}")
+        names[edge.name] = text
+    return tuple(texts)
 
 
 def _check_model(

@@ -24,15 +24,23 @@ class Fold:
     y_val: np.ndarray
 
 
-def make_folds(dataset: Dataset, k: int, *, seed: int) -> list[Fold]:
-    """Stratified, shuffled k-fold; the scaler is fitted on each training fold only.
+def make_folds(dataset: Dataset, k: int, *, seed: int, repeats: int = 1) -> list[Fold]:
+    """Stratified, shuffled k-fold, ``repeats`` times; the scaler is fitted on each training fold
+    only.
 
-    Deterministic for a given ``seed``. Features are standardized (zero mean, unit variance per
-    feature, constant features left at zero).
+    Deterministic for a given ``seed``; repeat ``r`` shuffles with ``seed + r``, so the first
+    repeat is the plain k-fold split. Features are standardized (zero mean, unit variance per
+    feature, constant features left at zero). Folds are numbered ``r * k + i``.
     """
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    splits = [
+        split
+        for r in range(repeats)
+        for split in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed + r).split(
+            dataset.X, dataset.y
+        )
+    ]
     folds = []
-    for i, (train_idx, val_idx) in enumerate(splitter.split(dataset.X, dataset.y)):
+    for i, (train_idx, val_idx) in enumerate(splits):
         scaler = StandardScaler().fit(dataset.X[train_idx])
         folds.append(
             Fold(

@@ -1,0 +1,701 @@
+"""Edge-case datasets built from a validation fold: what pruning breaks beyond top-line accuracy.
+
+Pruned models can keep their average accuracy while losing it on noisy, shifted or rare inputs
+(Hooker et al. 2019, "What do compressed deep neural networks forget?"). Each edge set is declared
+in a suite file as a string ``KIND`` or ``KIND:PARAM`` (``npz:PATH`` / ``csv:PATH`` for user
+files), parsed by :func:`parse_edge`, validated against a dataset by :func:`check_edge` and
+materialized for one fold by :func:`make_edge_set`, in the fold's *scaled* feature space.
+
+Kinds (parameter and default in brackets):
+
+Perturbations, any data kind (applied to the scaled validation fold ``fold.X_val``):
+
+- ``gaussian_noise[sigma=0.1]``: add N(0, sigma) noise, in scaled (standard deviation) units.
+- ``feature_dropout[p=0.2]``: each value is replaced by 0 (the training mean: a missing value
+  imputed by the mean) with probability p.
+- ``extremes[scale=5]``: multiply every value by scale (out-of-range inputs).
+- ``scale_drift[factor=1.5]``: multiply every feature by factor (a milder, gain-like drift).
+- ``shift_drift[delta=0.5]``: add delta to every feature.
+
+Geometric, image data (square side ``sqrt(n_features)``) and signal data (length ``n_features``),
+done on the raw validation rows and re-scaled with the training-fold scaler:
+
+- ``shift[pixels=1]``: translate by ``pixels`` along every axis (down and right; negative: up and
+  left), zero fill.
+- ``blur[sigma=1]``: gaussian blur (``scipy.ndimage.gaussian_filter``; 2-D images, 1-D signals).
+- ``occlusion[fraction=0.25]``: zero one random contiguous square patch (segment for signals)
+  covering that fraction of the pixels, one position per sample.
+- ``contrast[factor=0.5]``: scale each sample around its own mean.
+
+Slices, any data kind:
+
+- ``minority[fraction=0.3]``: samples of the rarest classes (by training-fold frequency, ties by
+  class index), taken until they cover the fraction of the classes (at least one class).
+- ``hardest[fraction=0.1]``: the fraction (at least one) of validation samples with the smallest
+  dense-model margin (true-class logit minus best other logit), ties broken by index.
+- ``imbalanced[ratio=10]``: resample the validation fold with replacement so that the class
+  frequencies fall geometrically from 1 to 1/ratio (classes ranked by training-fold frequency).
+
+User files, any data kind: ``npz:PATH`` (arrays ``X`` and ``y``) and ``csv:PATH`` (features,
+label last, optional header), PATH relative to the suite file's directory. Raw features are scaled
+with the training-fold scaler; labels are matched against the dataset's class names.
+
+Names (:attr:`EdgeSet.name`, used in metric keys) match ``^[a-z0-9_.]+$``: the kind alone when
+no parameter is written (``extremes``), ``KIND_PARAM`` otherwise (``gaussian_noise_0.1``,
+``shift_2``, ``shift_drift_m0.5`` for -0.5, ``gaussian_noise_1em05`` for 1e-05), and
+``npz_STEM`` / ``csv_STEM`` for user files (``npz:edge/hard.npz`` -> ``npz_hard``), the stem
+lower-cased with every other character run replaced by ``_``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from sklearn.preprocessing import StandardScaler
+
+from harness.data import registry
+from harness.data.folds import Fold
+from harness.data.registry import Dataset
+
+ALL_DATA = ("tabular", "image", "signal")
+GRID_DATA = ("image", "signal")
+PATH_KINDS = ("npz", "csv")
+NAME_RE = re.compile(r"^[a-z0-9_.]+$")
+
+
+@dataclass(frozen=True)
+class EdgeSet:
+    """One declared edge set, parsed from a string in the suite file.
+
+    Attributes
+    ----------
+    kind : str
+        A key of :data:`KINDS` (``"gaussian_noise"``, ``"npz"``, ...).
+    param : float or None
+        The parameter as written; None when none was written (the kind's default applies).
+    path : str or None
+        The file of a ``npz:PATH`` / ``csv:PATH`` set, as written; None for other kinds.
+    """
+
+    kind: str
+    param: float | None = None
+    path: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Metric-safe, stable name (``^[a-z0-9_.]+$``), e.g. ``gaussian_noise_0.1``."""
+        if self.path is not None:
+            stem = re.sub(r"[^a-z0-9_.]+", "_", Path(self.path).stem.lower()) or "_"
+            return f"{self.kind}_{stem}"
+        if self.param is None:
+            return self.kind
+        return f"{self.kind}_{_format_param(self.param)}"
+
+    @property
+    def text(self) -> str:
+        """The canonical suite-file form; ``parse_edge(edge.text) == edge``."""
+        if self.path is not None:
+            return f"{self.kind}:{self.path}"
+        if self.param is None:
+            return self.kind
+        return f"{self.kind}:{self.param!r}"
+
+    @property
+    def value(self) -> float | None:
+        """The effective parameter: ``param``, or the kind's default when none was written."""
+        return self.param if self.param is not None else KINDS[self.kind].default
+
+
+def _format_param(value: float) -> str:
+    text = repr(float(value))
+    if text.endswith(".0"):
+        text = text[:-2]
+    return text.replace("-", "m").replace("+", "")
+
+
+# --------------------------------------------------------------------------------------------
+# what a generator sees
+
+
+@dataclass(frozen=True, eq=False)
+class EdgeContext:
+    """Everything a generator may use: the fold, its dataset, the dense margins, the RNG."""
+
+    fold: Fold
+    dataset: Dataset
+    dense_margin: np.ndarray
+    rng: np.random.Generator
+    base: Path
+
+    @cached_property
+    def scaler(self) -> StandardScaler:
+        """The training-fold scaler, fitted exactly as :func:`harness.data.make_folds` does."""
+        return StandardScaler().fit(self.dataset.X[self.fold.train_idx])
+
+    def scale(self, raw: np.ndarray) -> np.ndarray:
+        """Raw features -> the fold's scaled space (cast to float32 first, like the dataset)."""
+        raw32 = np.asarray(raw, dtype=np.float32)
+        return np.asarray(self.scaler.transform(raw32), dtype=np.float32)
+
+    def raw_val(self) -> np.ndarray:
+        """The raw (unscaled) validation rows, float64."""
+        return np.asarray(self.dataset.X[self.fold.val_idx], dtype=np.float64)
+
+
+EdgeGenerator = Callable[[EdgeSet, EdgeContext], tuple[np.ndarray, np.ndarray]]
+
+
+class EdgeKind(NamedTuple):
+    """A registry entry: ``(generator, data_kinds, default, description)``."""
+
+    generator: EdgeGenerator
+    data_kinds: tuple[str, ...]
+    default: float | None
+    description: str
+
+
+# --------------------------------------------------------------------------------------------
+# perturbations in scaled space
+
+
+def _val(ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
+    return np.array(ctx.fold.X_val, dtype=np.float64), np.asarray(ctx.fold.y_val, np.int64)
+
+
+def _gaussian_noise(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
+    X, y = _val(ctx)
+    return X + ctx.rng.normal(0.0, _value(edge), size=X.shape), y
+
+
+def _feature_dropout(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
+    X, y = _val(ctx)
+    X[ctx.rng.random(X.shape) < _value(edge)] = 0.0
+    return X, y
+
+
+def _multiply(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
+    X, y = _val(ctx)
+    return X * _value(edge), y
+
+
+def _shift_drift(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
+    X, y = _val(ctx)
+    return X + _value(edge), y
+
+
+# --------------------------------------------------------------------------------------------
+# geometric ops in raw space
+
+
+def _grid_shape(dataset: Dataset) -> tuple[int, ...]:
+    """(side, side) for images, (length,) for signals."""
+    n = dataset.n_features
+    if dataset.kind == "image":
+        side = math.isqrt(n)
+        return (side, side)
+    return (n,)
+
+
+def _grid(
+    transform: Callable[[np.ndarray, EdgeSet, EdgeContext], np.ndarray],
+) -> EdgeGenerator:
+    def generate(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
+        raw = ctx.raw_val()
+        shape = _grid_shape(ctx.dataset)
+        out = transform(raw.reshape(len(raw), *shape), edge, ctx)
+        return ctx.scale(out.reshape(len(raw), -1)), np.asarray(ctx.fold.y_val, np.int64)
+
+    return generate
+
+
+def _shift(grid: np.ndarray, edge: EdgeSet, ctx: EdgeContext) -> np.ndarray:
+    p = round(_value(edge))
+    out = np.zeros_like(grid)
+    if p == 0:
+        return grid.copy()
+    src = slice(0, -p) if p > 0 else slice(-p, None)
+    dst = slice(p, None) if p > 0 else slice(0, p)
+    axes = grid.ndim - 1
+    out[(slice(None), *([dst] * axes))] = grid[(slice(None), *([src] * axes))]
+    return out
+
+
+def _blur(grid: np.ndarray, edge: EdgeSet, ctx: EdgeContext) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    sigma = _value(edge)
+    return np.asarray(gaussian_filter(grid, sigma=(0.0,) + (sigma,) * (grid.ndim - 1)))
+
+
+def _patch_size(fraction: float, shape: tuple[int, ...]) -> int:
+    """Side of the occlusion patch (segment length for signals): at least 1 pixel."""
+    if len(shape) == 2:
+        return min(shape[0], max(1, round(shape[0] * math.sqrt(fraction))))
+    return min(shape[0], max(1, round(shape[0] * fraction)))
+
+
+def _occlusion(grid: np.ndarray, edge: EdgeSet, ctx: EdgeContext) -> np.ndarray:
+    shape = grid.shape[1:]
+    size = _patch_size(_value(edge), shape)
+    out = grid.copy()
+    starts = ctx.rng.integers(0, shape[0] - size + 1, size=(len(grid), len(shape)))
+    for i, start in enumerate(starts):
+        window: tuple[int | slice, ...] = (i, *(slice(int(s), int(s) + size) for s in start))
+        out[window] = 0.0
+    return out
+
+
+def _contrast(grid: np.ndarray, edge: EdgeSet, ctx: EdgeContext) -> np.ndarray:
+    axes = tuple(range(1, grid.ndim))
+    mean = grid.mean(axis=axes, keepdims=True)
+    return mean + _value(edge) * (grid - mean)
+
+
+# --------------------------------------------------------------------------------------------
+# slices
+
+
+def _train_counts(ctx: EdgeContext) -> np.ndarray:
+    return np.bincount(ctx.dataset.y[ctx.fold.train_idx], minlength=ctx.dataset.n_classes)
+
+
+def _count_of(fraction: float, total: int) -> int:
+    """``ceil(fraction * total)`` robust to float fuzz (0.3 * 10 -> 3), at least 1."""
+    return max(1, min(total, math.ceil(fraction * total - 1e-9)))
+
+
+def minority_classes(fraction: float, train_counts: np.ndarray) -> np.ndarray:
+    """Class indices of the ``minority[fraction]`` slice, rarest first.
+
+    Parameters
+    ----------
+    fraction : float
+        The share of the classes to take, in (0, 1].
+    train_counts : np.ndarray
+        Training-fold sample count per class.
+
+    Returns
+    -------
+    np.ndarray
+        The ``ceil(fraction * n_classes)`` (at least one) rarest classes; ties by class index.
+    """
+    order = np.argsort(train_counts, kind="stable")
+    return order[: _count_of(fraction, len(train_counts))]
+
+
+def _minority(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
+    X, y = _val(ctx)
+    keep = np.isin(y, minority_classes(_value(edge), _train_counts(ctx)))
+    return X[keep], y[keep]
+
+
+def _hardest(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
+    X, y = _val(ctx)
+    margin = np.asarray(ctx.dense_margin, dtype=np.float64)
+    if margin.shape != (len(y),):
+        raise ValueError(
+            f"{edge.text}: dense_margin has shape {margin.shape}, expected ({len(y)},)"
+            " (one value per validation sample)"
+        )
+    if not np.isfinite(margin).all():
+        raise ValueError(f"{edge.text}: dense_margin contains NaN or infinity")
+    n = max(1, min(len(y), math.floor(_value(edge) * len(y) + 1e-9)))
+    chosen = np.sort(np.argsort(margin, kind="stable")[:n])
+    return X[chosen], y[chosen]
+
+
+def imbalanced_counts(ratio: float, train_counts: np.ndarray, total: int) -> np.ndarray:
+    """Per-class sample counts of the ``imbalanced[ratio]`` set.
+
+    Parameters
+    ----------
+    ratio : float
+        Frequency of the most over the least frequent class, >= 1.
+    train_counts : np.ndarray
+        Training-fold sample count per class: the most frequent class (ties by index) gets
+        weight 1, the next ``ratio ** (-1 / (n - 1))``, ..., the rarest ``1 / ratio``.
+    total : int
+        The size of the resampled set (before rounding).
+
+    Returns
+    -------
+    np.ndarray
+        int64 count per class index, each at least 1.
+    """
+    k = len(train_counts)
+    rank = np.empty(k, dtype=np.int64)
+    rank[np.argsort(-train_counts, kind="stable")] = np.arange(k)
+    weights = float(ratio) ** (-rank / max(1, k - 1))
+    return np.maximum(1, np.rint(total * weights / weights.sum())).astype(np.int64)
+
+
+def _imbalanced(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
+    X, y = _val(ctx)
+    counts = imbalanced_counts(_value(edge), _train_counts(ctx), len(y))
+    parts = []
+    for cls, count in enumerate(counts):
+        members = np.flatnonzero(y == cls)
+        if len(members) == 0:
+            name = ctx.dataset.class_names[cls]
+            raise ValueError(f"{edge.text}: class {name!r} has no validation samples to resample")
+        parts.append(ctx.rng.choice(members, size=int(count), replace=True))
+    chosen = np.sort(np.concatenate(parts), kind="stable")
+    return X[chosen], y[chosen]
+
+
+# --------------------------------------------------------------------------------------------
+# user files
+
+
+def _user_file(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
+    raw, y = load_user_file(edge, ctx.dataset, ctx.base)
+    return ctx.scale(raw), y
+
+
+def load_user_file(edge: EdgeSet, dataset: Dataset, base: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Raw features (float32) and class indices (int64) of a ``npz:PATH`` / ``csv:PATH`` set.
+
+    Parameters
+    ----------
+    edge : EdgeSet
+        A set of kind ``npz`` or ``csv``.
+    dataset : Dataset
+        The suite's dataset: the file must have its number of features and class labels.
+    base : Path
+        Directory that a relative PATH is resolved against (the suite file's directory).
+
+    Returns
+    -------
+    tuple of np.ndarray
+        ``(X, y)`` with ``X`` unscaled.
+
+    Raises
+    ------
+    ValueError
+        One line: missing or unreadable file, wrong number of features, unknown label.
+    """
+    if edge.kind not in PATH_KINDS or edge.path is None:
+        raise ValueError(f"{edge.text}: not a user-file edge set (npz:PATH or csv:PATH)")
+    path = Path(edge.path) if Path(edge.path).is_absolute() else base / edge.path
+    if not path.is_file():
+        raise ValueError(f"{edge.text}: file not found: {path}")
+    X, labels, _, _ = registry.FILE_KINDS[edge.kind](path, {})
+    X = np.asarray(X, dtype=np.float32)
+    X = X.reshape(len(X), -1) if X.ndim != 2 else X
+    if len(X) == 0 or len(X) != len(labels):
+        raise ValueError(
+            f"{edge.text}: needs one label per row (X {X.shape}, y {np.shape(labels)})"
+        )
+    if X.shape[1] != dataset.n_features:
+        raise ValueError(
+            f"{edge.text}: {X.shape[1]} features per row, {dataset.name} has {dataset.n_features}"
+        )
+    if not np.isfinite(X).all():
+        raise ValueError(f"{edge.text}: features contain NaN or infinity")
+    return X, map_labels(np.asarray(labels).ravel(), dataset, edge.text)
+
+
+def map_labels(labels: np.ndarray, dataset: Dataset, source: str = "labels") -> np.ndarray:
+    """Map user label values to the dataset's class indices.
+
+    A label matches the class whose name equals ``str(label)`` (for integral numbers also
+    ``str(int(label))``, so ``3.0`` matches ``"3"``). When none of the class names is numeric
+    (``sklearn:breast_cancer``: ``malignant``, ``benign``), an integer label is also accepted as
+    the class index, as in the original ``target`` arrays.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        1-D label values (numbers or strings).
+    dataset : Dataset
+        Supplies ``class_names``.
+    source : str
+        Named in the error message.
+
+    Returns
+    -------
+    np.ndarray
+        int64 class indices.
+
+    Raises
+    ------
+    ValueError
+        One line naming the first unknown label and the known classes.
+    """
+    index = {name: i for i, name in enumerate(dataset.class_names)}
+    names_numeric = any(_number(name) is not None for name in dataset.class_names)
+    values, inverse = np.unique(labels, return_inverse=True)
+    mapped = np.empty(len(values), dtype=np.int64)
+    for j, value in enumerate(values):
+        found = _match_label(value, index, names_numeric, dataset.n_classes)
+        if found is None:
+            shown = ", ".join(dataset.class_names[:12]) + (
+                ", ..." if dataset.n_classes > 12 else ""
+            )
+            raise ValueError(
+                f"{source}: label {str(value)!r} is not a class of {dataset.name}"
+                f" (classes: {shown})"
+            )
+        mapped[j] = found
+    return mapped[inverse.ravel()]
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _match_label(
+    value: object, index: dict[str, int], names_numeric: bool, n_classes: int
+) -> int | None:
+    text = str(value).strip()
+    keys = [text]
+    number = _number(text)
+    integral = number is not None and number == int(number)
+    if number is not None and integral:
+        keys += [str(int(number)), repr(float(number))]
+    for key in keys:
+        if key in index:
+            return index[key]
+    if number is not None and integral and not names_numeric and 0 <= number < n_classes:
+        return int(number)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# registry and parameter rules
+
+
+def _value(edge: EdgeSet) -> float:
+    value = edge.value
+    assert value is not None, edge  # only path kinds have no default
+    return float(value)
+
+
+KINDS: dict[str, EdgeKind] = {
+    "gaussian_noise": EdgeKind(
+        _gaussian_noise, ALL_DATA, 0.1, "add N(0, sigma) noise in scaled units"
+    ),
+    "feature_dropout": EdgeKind(
+        _feature_dropout, ALL_DATA, 0.2, "set each value to the training mean with probability p"
+    ),
+    "extremes": EdgeKind(
+        _multiply, ALL_DATA, 5.0, "multiply scaled values by scale (out of range)"
+    ),
+    "scale_drift": EdgeKind(_multiply, ALL_DATA, 1.5, "multiply every scaled feature by factor"),
+    "shift_drift": EdgeKind(_shift_drift, ALL_DATA, 0.5, "add delta to every scaled feature"),
+    "shift": EdgeKind(
+        _grid(_shift), GRID_DATA, 1.0, "translate images/signals by pixels, zero fill"
+    ),
+    "blur": EdgeKind(_grid(_blur), GRID_DATA, 1.0, "gaussian blur with sigma pixels"),
+    "occlusion": EdgeKind(
+        _grid(_occlusion), GRID_DATA, 0.25, "zero a random contiguous patch covering fraction"
+    ),
+    "contrast": EdgeKind(
+        _grid(_contrast), GRID_DATA, 0.5, "scale each sample around its mean by factor"
+    ),
+    "minority": EdgeKind(
+        _minority, ALL_DATA, 0.3, "samples of the rarest classes covering fraction of classes"
+    ),
+    "hardest": EdgeKind(
+        _hardest, ALL_DATA, 0.1, "the fraction of samples with the smallest dense margin"
+    ),
+    "imbalanced": EdgeKind(
+        _imbalanced, ALL_DATA, 10.0, "resample to class frequencies falling 1 .. 1/ratio"
+    ),
+    "npz": EdgeKind(_user_file, ALL_DATA, None, "user file with arrays X, y (npz:PATH)"),
+    "csv": EdgeKind(_user_file, ALL_DATA, None, "user file, label last (csv:PATH)"),
+}
+
+
+def _at_least(low: float, what: str) -> Callable[[float], str | None]:
+    return lambda v: None if v >= low else f"{what} must be >= {low:g}"
+
+
+def _positive(what: str) -> Callable[[float], str | None]:
+    return lambda v: None if v > 0 else f"{what} must be > 0"
+
+
+def _fraction(what: str, closed_low: bool) -> Callable[[float], str | None]:
+    if closed_low:
+        return lambda v: None if 0 <= v <= 1 else f"{what} must be in [0, 1]"
+    return lambda v: None if 0 < v <= 1 else f"{what} must be in (0, 1]"
+
+
+def _integer(what: str) -> Callable[[float], str | None]:
+    return lambda v: None if v == int(v) else f"{what} must be a whole number"
+
+
+PARAM_RULES: dict[str, Callable[[float], str | None]] = {
+    "gaussian_noise": _at_least(0, "sigma"),
+    "feature_dropout": _fraction("probability p", closed_low=True),
+    "extremes": _positive("scale"),
+    "scale_drift": _positive("factor"),
+    "shift_drift": lambda v: None,
+    "shift": _integer("pixels"),
+    "blur": _at_least(0, "sigma"),
+    "occlusion": _fraction("fraction", closed_low=False),
+    "contrast": _at_least(0, "factor"),
+    "minority": _fraction("fraction", closed_low=False),
+    "hardest": _fraction("fraction", closed_low=False),
+    "imbalanced": _at_least(1, "ratio"),
+}
+
+
+def known_kinds() -> str:
+    """The accepted forms, comma-separated, for messages."""
+    return ", ".join(f"{k}:PATH" if k in PATH_KINDS else k for k in KINDS)
+
+
+def parse_edge(text: str) -> EdgeSet:
+    """Parse ``KIND``, ``KIND:PARAM`` or ``npz:PATH`` / ``csv:PATH``.
+
+    Parameters
+    ----------
+    text : str
+        The string from the suite file, e.g. ``"gaussian_noise:0.1"``, ``"extremes"``,
+        ``"npz:edge/hard.npz"``.
+
+    Returns
+    -------
+    EdgeSet
+        With ``param`` None when no parameter is written.
+
+    Raises
+    ------
+    ValueError
+        One line naming the text, the problem and the known kinds.
+    """
+
+    def fail(problem: str) -> ValueError:
+        return ValueError(f"edge set {text!r}: {problem} (known: {known_kinds()})")
+
+    if not isinstance(text, str):
+        raise fail("must be a string")
+    kind, colon, rest = text.strip().partition(":")
+    kind, rest = kind.strip(), rest.strip()
+    if kind not in KINDS:
+        raise fail(f"unknown kind {kind!r}")
+    if kind in PATH_KINDS:
+        if not rest:
+            raise fail(f"{kind} needs a file path ({kind}:PATH)")
+        return EdgeSet(kind, None, rest)
+    if not colon:
+        return EdgeSet(kind)
+    number = _number(rest) if rest else None
+    if number is None:
+        raise fail(f"parameter {rest!r} is not a finite number")
+    problem = PARAM_RULES[kind](number)
+    if problem:
+        raise fail(f"{kind}: {problem}")
+    return EdgeSet(kind, number + 0.0)  # -0.0 -> 0.0: one name per value
+
+
+def check_edge(edge: EdgeSet, dataset: Dataset, base: Path | None = None) -> str | None:
+    """The problem with using ``edge`` on ``dataset``, or None.
+
+    Parameters
+    ----------
+    edge : EdgeSet
+        A parsed edge set.
+    dataset : Dataset
+        The suite's dataset.
+    base : Path, optional
+        When given, user files (``npz`` / ``csv``) are also loaded and checked (features, labels).
+
+    Returns
+    -------
+    str or None
+        One line, e.g. ``"blur needs image or signal data (sklearn:wine is tabular)"``.
+    """
+    if edge.kind not in KINDS:
+        return f"unknown edge kind {edge.kind!r} (known: {known_kinds()})"
+    entry = KINDS[edge.kind]
+    if dataset.kind not in entry.data_kinds:
+        return (
+            f"{edge.kind} needs {' or '.join(entry.data_kinds)} data"
+            f" ({dataset.name} is {dataset.kind})"
+        )
+    if edge.kind in PATH_KINDS:
+        if edge.path is None:
+            return f"{edge.kind} needs a file path ({edge.kind}:PATH)"
+        if base is not None:
+            try:
+                load_user_file(edge, dataset, base)
+            except ValueError as err:
+                return str(err)
+        return None
+    value = _value(edge)
+    problem = PARAM_RULES[edge.kind](value)
+    if problem:
+        return f"{edge.text}: {problem}"
+    if entry.data_kinds == GRID_DATA:
+        shape = _grid_shape(dataset)
+        if dataset.kind == "image" and shape[0] * shape[0] != dataset.n_features:
+            return (
+                f"{edge.kind} needs square images ({dataset.name} has {dataset.n_features}"
+                " features, not a square number)"
+            )
+        if edge.kind == "shift" and abs(round(value)) >= shape[0]:
+            return f"{edge.text}: shift of {round(value)} pixels must be below {shape[0]}"
+    return None
+
+
+def make_edge_set(
+    edge: EdgeSet,
+    fold: Fold,
+    dataset: Dataset,
+    *,
+    dense_margin: np.ndarray,
+    seed: int,
+    base: Path,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Build one edge set from a validation fold.
+
+    Parameters
+    ----------
+    edge : EdgeSet
+        What to build.
+    fold : Fold
+        The fold: its validation rows are perturbed / sliced; its training rows fix the scaler
+        and the class frequencies.
+    dataset : Dataset
+        The fold's dataset (raw rows for the geometric kinds, class names for user files).
+    dense_margin : np.ndarray
+        One value per validation sample: the dense model's true-class logit minus the best other
+        logit (lower is harder). Only ``hardest`` uses it.
+    seed : int
+        Seeds a :func:`numpy.random.default_rng`; the global RNG is never touched.
+    base : Path
+        Directory that user-file paths are relative to (the suite file's directory).
+
+    Returns
+    -------
+    tuple of np.ndarray
+        ``(X, y)``: float32 features in the fold's scaled space, int64 class indices; identical
+        for identical inputs and seed.
+
+    Raises
+    ------
+    ValueError
+        One line, when :func:`check_edge` finds a problem, a user file is unusable or the slice
+        would be empty.
+    """
+    problem = check_edge(edge, dataset)
+    if problem:
+        raise ValueError(problem)
+    ctx = EdgeContext(fold, dataset, np.asarray(dense_margin), np.random.default_rng(seed), base)
+    X, y = KINDS[edge.kind].generator(edge, ctx)
+    if len(y) == 0:
+        raise ValueError(f"{edge.text}: the edge set is empty for fold {fold.index}")
+    return np.ascontiguousarray(X, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)
