@@ -297,9 +297,10 @@ def decide(
         Fail when ``mean(worsening) > margin`` (beyond float tolerance); no test. The same rule
         as the gate's ``max_drop`` applied to the mean over folds.
     ``"significant"``
-        Fail when the worsening exceeds the margin significantly: corrected t-test
-        (Nadeau & Bengio 2003) with H1 ``mean > margin``, fail if ``p < alpha``. Noise never
-        fails; the burden of proof is on a regression.
+        Fail when the mean worsening exceeds the margin and is significant: corrected t-test
+        (Nadeau & Bengio 2003) with H1 ``mean > 0``, fail if ``mean > margin`` and
+        ``p < alpha``. A drop beyond the margin that the folds cannot tell from noise passes;
+        the burden of proof is on a regression.
     ``"non_inferior"``
         Fail unless non-inferiority is shown: corrected t-test with H1 ``mean < margin``, pass
         only if ``p < alpha``. The burden of proof is on the candidate; with few or noisy folds
@@ -363,10 +364,17 @@ def decide(
         return PolicyDecision(failed, f"{reason}; {boot}", None)
     if policy == "significant":
         res = corrected_ttest(
-            folds, n_train=n_train, n_test=n_test, margin=margin, alternative="greater"
+            folds, n_train=n_train, n_test=n_test, margin=0.0, alternative="greater"
         )
-        failed = res.p_value < alpha
-        why = "significantly above" if failed else "not significantly above"
+        beyond = mean - margin > _tol(w)
+        failed = beyond and res.p_value < alpha
+        why = (
+            "significant and above"
+            if failed
+            else "above but not significant, vs"
+            if beyond
+            else "not above"
+        )
     else:
         res = corrected_ttest(
             folds, n_train=n_train, n_test=n_test, margin=margin, alternative="less"
