@@ -69,6 +69,8 @@ RUN_METRICS: dict[str, Direction] = {
     "pie_rate": Direction.LOWER,  # fraction of samples that are pruning-identified exemplars
     "pie_count": Direction.LOWER,
     "disagreement_rate": Direction.LOWER,  # dense and pruned predict differently
+    "perturbed_disagreement_rate": Direction.LOWER,  # ... on perturbations near the samples
+    "property_failures": Direction.LOWER,  # hypothesis property checks of the pruned model
 }
 EDGE_METRICS = ("accuracy", "f1_macro")  # measured on every edge-case set
 # Metrics whose absolute values depend on the machine: compared against a baseline only when the

@@ -136,9 +136,21 @@ def case_markdown(outcome: Outcome) -> str:
                 f"| {m} | {dense.mean:.4g} ± {dense.std:.2g} | "
                 f"{pruned.mean:.4g} ± {pruned.std:.2g} |"
             )
-    for m in ("speedup", "speedup_batch", "param_reduction", "flops_reduction"):
+    for m in (
+        "speedup",
+        "speedup_batch",
+        "param_reduction",
+        "flops_reduction",
+        "disagreement_rate",
+        "perturbed_disagreement_rate",
+        "property_failures",
+        "pie_rate",
+    ):
         if (s := r.metrics.get(m)) is not None:
             out.append(f"| {m} | | {s.mean:.4g} ± {s.std:.2g} |")
+    if r.findings:
+        out += ["", f"## Findings ({len(r.findings)}, minimal inputs in findings.json)", ""]
+        out += [f"- fold {f['fold']}: `{f['check']}`: {f['message']}" for f in r.findings[:20]]
     return "\n".join(out) + "\n"
 
 
@@ -164,6 +176,8 @@ def write_case(folder: Path, outcome: Outcome, pruned_states: Sequence[dict] = (
     per-layer sparsity plots (PNG), and ``fold<i>/pruned_state_dict.pt`` for kept models."""
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "report.json", json.loads(outcome.to_json()))
+    if outcome.result.findings:  # the minimal inputs that broke a property or split the models
+        write_json_atomic(folder / "findings.json", outcome.result.findings)
     (folder / "report.md").write_text(case_markdown(outcome), encoding="utf-8")
     _plots(folder, outcome)
     if pruned_states:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +61,7 @@ class CaseResult:
     confusion: dict[str, list[list[int]]] = field(default_factory=dict)  # summed over folds
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # mean over folds
     pie: dict[str, Any] = field(default_factory=dict)  # exemplar ids, McNemar's b and c
+    findings: list[dict[str, Any]] = field(default_factory=list)  # minimal failing inputs
     pruned_states: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
 
     def value(self, name: str) -> float | None:
@@ -80,6 +82,7 @@ class CaseResult:
             "confusion": self.confusion,
             "layer_sparsity": self.layer_sparsity,
             "pie": self.pie,
+            "findings": self.findings,
         }
 
     @classmethod
@@ -97,6 +100,7 @@ class CaseResult:
             confusion=data["confusion"],
             layer_sparsity=data["layer_sparsity"],
             pie=data["pie"],
+            findings=data["findings"],
         )
 
 
@@ -233,6 +237,7 @@ class FoldResult:
     confusion_pruned: np.ndarray
     layer_sparsity: dict[str, float]
     pruned: nn.Module
+    findings: list[dict[str, Any]]
 
 
 def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldResult:
@@ -283,6 +288,7 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
     out["flops_reduction"] = 1 - pruned_metrics["flops_nonzero"] / dense_metrics["flops"]
     out["disagreement_rate"] = float((dense_eval.pred != pruned_eval.pred).mean())
     out.update(_edge_metrics(suite, case, ds, fold, dense_eval, {"dense": dense, "pruned": pruned}))
+    findings = _checks(suite, fold, dense, pruned, out)
     return FoldResult(
         out,
         fold.val_idx,
@@ -292,7 +298,30 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
         pruned_eval.confusion,
         _layer_sparsity(dense, pruned),
         pruned,
+        findings,
     )
+
+
+def _checks(
+    suite: SuiteSpec, fold: Fold, dense: nn.Module, pruned: nn.Module, out: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Hypothesis property checks of the pruned model and the dense-vs-pruned differential
+    search (harness.checks); adds their metrics to ``out`` and returns the minimal findings."""
+    from harness.checks import Finding, differential_check, property_checks
+
+    spec, seed = suite.checks, suite.seed * 1000 + fold.index
+    found: list[Finding] = []
+    if spec.properties:
+        failures = property_checks(pruned, fold.X_val, seed=seed, max_examples=spec.examples)
+        out["property_failures"] = float(len(failures))
+        found += failures
+    if spec.differential:
+        rate, disagreements = differential_check(
+            dense, pruned, fold.X_val, seed=seed, radius=spec.radius, max_examples=spec.examples
+        )
+        out["perturbed_disagreement_rate"] = rate
+        found += disagreements
+    return [{"fold": fold.index, **dataclasses.asdict(f)} for f in found]
 
 
 def exemplars(folds: list[FoldResult], y: np.ndarray, n_classes: int) -> dict[str, Any]:
@@ -373,5 +402,6 @@ def run_case(suite: SuiteSpec, case: CaseSpec, *, keep_models: bool = False) -> 
         },
         layer_sparsity=layers,
         pie={k: pie[k] for k in ("ids", "mcnemar_b", "mcnemar_c")},
+        findings=[f for fold in folds for f in fold.findings],
         pruned_states=tuple(f.pruned.state_dict() for f in folds) if keep_models else (),
     )

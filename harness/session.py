@@ -126,6 +126,7 @@ def flat_params(suite: SuiteSpec, case: CaseSpec) -> dict[str, str]:
             "cv.seed": suite.cv_seed,
             "train": asdict(suite.train),
             "edge": list(suite.edge_sets(case)),
+            "checks": asdict(suite.checks),
             "prune": {**asdict(case.prune), "args": dict(case.prune.args)},
             "finetune": asdict(case.finetune) if case.finetune else "none",
             "spec_hash": suite.spec_hash(case),

@@ -99,6 +99,17 @@ class CaseSpec:
 
 
 @dataclass(frozen=True)
+class ChecksSpec:
+    """Per-case checks of the pruned model (harness.checks): hypothesis-driven properties and
+    the dense-vs-pruned differential search near validation samples."""
+
+    properties: bool = True
+    differential: bool = True
+    radius: float = 0.5  # L-inf radius of the perturbations, in standardized units
+    examples: int = 40  # hypothesis examples per search
+
+
+@dataclass(frozen=True)
 class LatencySpec:
     """Latency measurement: warm-up and timed repeats at batch 1 and at ``batch``."""
 
@@ -124,6 +135,7 @@ class SuiteSpec:
     fold_seed: int | None = None  # None: `seed` (a different value keeps folds, changes models)
     train: TrainSpec = field(default_factory=TrainSpec)
     latency: LatencySpec = field(default_factory=LatencySpec)
+    checks: ChecksSpec = field(default_factory=ChecksSpec)
     gate: tuple[RuleSpec, ...] = ()
     edge: tuple[str, ...] = ()  # edge-case sets (harness.data.edge) for every case
     source: str = "<python>"
@@ -176,6 +188,7 @@ class SuiteSpec:
                 "prune": _plain(asdict(case.prune)),
                 "finetune": asdict(case.finetune) if case.finetune else None,
                 **({"edge": list(self.edge_sets(case))} if self.edge_sets(case) else {}),
+                **({"checks": asdict(self.checks)} if self.checks != ChecksSpec() else {}),
             }
         )
 
@@ -433,6 +446,14 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
     ds = data_registry.load_dataset(dataset, dataset_args, base)
     n_classes = ds.n_classes
     gate = _rules(top.sub("gate"), n_classes)
+    chk = top.sub("checks")
+    checks = ChecksSpec(
+        properties=chk.take("properties", bool, True),
+        differential=chk.take("differential", bool, True),
+        radius=chk.take("radius", float, 0.5, _positive),
+        examples=chk.take("examples", int, 40, _positive),
+    )
+    chk.done()
     edge_table = top.sub("edge")
     edge = _edge_sets(edge_table, "sets", ds, base)
     edge_table.done()
@@ -476,6 +497,7 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         fold_seed=fold_seed,
         train=train,
         latency=latency,
+        checks=checks,
         gate=gate,
         edge=edge,
         source=source,
