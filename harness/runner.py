@@ -237,7 +237,7 @@ class FoldResult:
     confusion_pruned: np.ndarray
     layer_sparsity: dict[str, float]
     pruned: nn.Module
-    findings: list[dict[str, Any]]
+    findings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldResult:
