@@ -9,7 +9,11 @@ if TYPE_CHECKING:
     from harness.spec import PruneSpec
 
 _REGISTRY: dict[str, type[Pruner]] = {}
-_BUILTIN_MODULES = ("harness.pruning.magnitude", "harness.pruning.structured")
+_BUILTIN_MODULES = (
+    "harness.pruning.magnitude",
+    "harness.pruning.structured",
+    "harness.pruning.taylor",
+)
 P = TypeVar("P", bound="type[Pruner]")
 
 
