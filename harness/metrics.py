@@ -43,7 +43,6 @@ _QUALITY = (
         for avg in ("macro", "micro", "weighted")
     ),
 )
-PER_CLASS = ("precision", "recall", "f1")
 MODEL_METRICS: dict[str, Direction] = {
     **dict.fromkeys(_QUALITY, Direction.HIGHER),
     "train_accuracy": Direction.HIGHER,

@@ -81,8 +81,7 @@ class HarnessPlugin:
     """Controller-side state: records outcomes as reports arrive (also from xdist workers),
     logs them to MLflow, and writes the summary."""
 
-    def __init__(self, config: pytest.Config, recorder: Recorder) -> None:
-        self.config = config
+    def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
 
     @pytest.hookimpl(tryfirst=True)
@@ -150,7 +149,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return  # xdist worker: outcomes travel to the controller with the test reports
     recorder = Recorder(settings, tracker=_tracker(config, root))
-    plugin = HarnessPlugin(config, recorder)
+    plugin = HarnessPlugin(recorder)
     config.stash[_PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "harness-controller")
 
