@@ -247,25 +247,38 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
     dense.load_state_dict(cached.state)
     dense.eval()
 
-    pruned = copy.deepcopy(dense)
+    seed = suite.seed * 1000 + fold.index
     pruner = create(case.prune)
     ctx = PruneContext(
         torch.as_tensor(fold.X_train[:64]),
         fold.X_train,
         fold.y_train,
-        suite.seed * 1000 + fold.index,
+        seed,
+        train=suite.train,
+        teacher=dense,
+        build=lambda args: build(
+            suite.model, ds.n_features, ds.n_classes, {**suite.model_args, **args}
+        ),
     )
-    for round_i, target in enumerate(schedule_targets(case.prune)):
+    if pruner.at_init:
+        # prune the dense model's initialization, then train the sparse network (masks held)
+        pruned = pruner.step(_new_model(suite, ds, seed), case.prune.sparsity, ctx)
+        fit(pruned, fold.X_train, fold.y_train, suite.train, seed=seed)
+        targets: list[float] = []
+    else:
+        pruned = copy.deepcopy(dense)
+        targets = schedule_targets(case.prune)
+    for round_i, target in enumerate(targets):
         pruned = pruner.step(pruned, target, ctx)
         if case.finetune is not None:
-            fit(
-                pruned,
-                fold.X_train,
-                fold.y_train,
-                case.finetune,
-                seed=suite.seed * 1000 + fold.index + 100 * (round_i + 1),
-            )
+            _finetune(pruned, case, fold, dense, seed=seed + 100 * (round_i + 1))
+    if pruner.at_init and case.finetune is not None:
+        _finetune(pruned, case, fold, dense, seed=seed + 100)
     pruned = pruner.finalize(pruned)
+    if case.deploy == "csr":
+        from harness.deploy import to_sparse_csr
+
+        pruned = to_sparse_csr(pruned)
     pruned.eval()
 
     dense_eval = cached.evaluation
@@ -299,6 +312,20 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
         _layer_sparsity(dense, pruned),
         pruned,
         findings,
+    )
+
+
+def _finetune(model: nn.Module, case: CaseSpec, fold: Fold, dense: nn.Module, *, seed: int) -> None:
+    assert case.finetune is not None
+    teacher = dense if case.distill is not None else None
+    fit(
+        model,
+        fold.X_train,
+        fold.y_train,
+        case.finetune,
+        seed=seed,
+        teacher=teacher,
+        distill=case.distill,
     )
 
 

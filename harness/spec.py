@@ -20,7 +20,7 @@ from typing import Any
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine", "step", "onecycle", "plateau")
-SCHEDULES = ("oneshot", "iterative")
+SCHEDULES = ("oneshot", "iterative", "agp")
 SCOPES = ("global", "layer")
 RULE_KEYS = ("max_drop", "max_rel_drop", "min", "max")
 POLICIES = ("threshold", "significant", "non_inferior")
@@ -88,6 +88,17 @@ class RuleSpec:
 
 
 @dataclass(frozen=True)
+class DistillSpec:
+    """Knowledge distillation (Hinton et al. 2015) from the dense model while fine-tuning."""
+
+    temperature: float = 4.0
+    alpha: float = 0.7  # weight of the soft-target term; 1 - alpha goes to the hard labels
+
+
+DEPLOY = ("csr",)
+
+
+@dataclass(frozen=True)
 class CaseSpec:
     """One pruning case of a suite."""
 
@@ -96,6 +107,8 @@ class CaseSpec:
     finetune: TrainSpec | None = None
     gate: tuple[RuleSpec, ...] = ()
     edge: tuple[str, ...] | None = None  # None: the suite's edge sets
+    distill: DistillSpec | None = None  # fine-tune against the dense model's soft targets
+    deploy: str | None = None  # "csr": sparse linear layers as torch sparse CSR (harness.deploy)
 
 
 @dataclass(frozen=True)
@@ -189,6 +202,8 @@ class SuiteSpec:
                 "finetune": asdict(case.finetune) if case.finetune else None,
                 **({"edge": list(self.edge_sets(case))} if self.edge_sets(case) else {}),
                 **({"checks": asdict(self.checks)} if self.checks != ChecksSpec() else {}),
+                **({"distill": asdict(case.distill)} if case.distill else {}),
+                **({"deploy": case.deploy} if case.deploy else {}),
             }
         )
 
@@ -316,6 +331,19 @@ def _train(table: _Table, defaults: TrainSpec) -> TrainSpec:
     return spec
 
 
+def _distill(table: _Table) -> DistillSpec:
+    spec = DistillSpec(
+        temperature=table.take("temperature", float, DistillSpec.temperature, _positive),
+        alpha=table.take("alpha", float, DistillSpec.alpha, _unit),
+    )
+    table.done()
+    return spec
+
+
+def _unit(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
 def _sparsity(value: float) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
@@ -327,7 +355,7 @@ def _prune(table: _Table) -> PruneSpec:
     if method not in registry.names():
         raise table.fail("method", method, f"unknown method (known: {', '.join(registry.names())})")
     schedule = table.take("schedule", str, "oneshot", _one_of(SCHEDULES))
-    steps = table.take("steps", int, 3 if schedule == "iterative" else 1, _positive)
+    steps = table.take("steps", int, 1 if schedule == "oneshot" else 3, _positive)
     if schedule == "oneshot" and steps != 1:
         raise table.fail("steps", steps, 'must be 1 with schedule = "oneshot"')
     spec = PruneSpec(
@@ -480,8 +508,12 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         finetune = _train(table.sub("finetune"), train) if "finetune" in table.data else None
         case_gate = _rules(table.sub("gate"), n_classes)
         case_edge = _edge_sets(table, "edge", ds, base) if "edge" in table.data else None
+        distill = _distill(table.sub("distill")) if "distill" in table.data else None
+        if distill is not None and finetune is None:
+            raise table.fail("distill", table.data["distill"], "needs a finetune table to train in")
+        deploy = table.take("deploy", str, None, _one_of(DEPLOY))
         table.done()
-        cases.append(CaseSpec(case_name, prune, finetune, case_gate, case_edge))
+        cases.append(CaseSpec(case_name, prune, finetune, case_gate, case_edge, distill, deploy))
     top.done()
     return SuiteSpec(
         name=name,

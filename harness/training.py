@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from harness.spec import TrainSpec
+from harness.spec import DistillSpec, TrainSpec
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,51 @@ class _Schedule:
             self.on_loss.step(loss)
 
 
-def fit(model: nn.Module, X: np.ndarray, y: np.ndarray, spec: TrainSpec, *, seed: int) -> TrainLog:
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """Hinton et al. 2015: ``alpha * T**2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE``.
+
+    The ``T**2`` factor keeps the soft-target gradients on the scale of the hard-label ones.
+    """
+    t = temperature
+    soft = nn.functional.kl_div(
+        nn.functional.log_softmax(student_logits / t, dim=1),
+        nn.functional.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    hard = nn.functional.cross_entropy(student_logits, target)
+    return alpha * t * t * soft + (1 - alpha) * hard
+
+
+def fit(
+    model: nn.Module,
+    X: np.ndarray,
+    y: np.ndarray,
+    spec: TrainSpec,
+    *,
+    seed: int,
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+    teacher: nn.Module | None = None,
+    distill: DistillSpec | None = None,
+) -> TrainLog:
     """Train ``model`` in place with cross-entropy; same inputs and seed -> same weights.
 
     Pruning masks registered with ``torch.nn.utils.prune`` stay in force: masked weights get no
-    gradient and stay zero.
+    gradient and stay zero. ``penalty(model)`` is added to every batch's loss (sparsity-inducing
+    regularization). With ``teacher`` and ``distill`` the loss is the distillation loss against
+    the teacher's logits (the teacher is not trained).
     """
+    if (teacher is None) != (distill is None):
+        raise ValueError("distillation needs both a teacher and a DistillSpec")
+    if teacher is not None:
+        teacher.eval()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
@@ -82,7 +122,21 @@ def fit(model: nn.Module, X: np.ndarray, y: np.ndarray, spec: TrainSpec, *, seed
         for start in range(0, n, spec.batch_size):
             idx = order[start : start + spec.batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(Xt[idx]), yt[idx])
+            out = model(Xt[idx])
+            if teacher is not None and distill is not None:
+                with torch.no_grad():
+                    teacher_out = teacher(Xt[idx])
+                loss = distillation_loss(
+                    out,
+                    teacher_out,
+                    yt[idx],
+                    temperature=distill.temperature,
+                    alpha=distill.alpha,
+                )
+            else:
+                loss = loss_fn(out, yt[idx])
+            if penalty is not None:
+                loss = loss + penalty(model)
             loss.backward()
             opt.step()
             schedule.after_batch()

@@ -10,28 +10,33 @@ A :class:`Pruner` is created from a :class:`~harness.spec.PruneSpec`. The runner
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from harness.spec import PruneSpec
+from harness.spec import PruneSpec, TrainSpec
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass(frozen=True, eq=False)
 class PruneContext:
-    """What a technique may use: a batch of example inputs and the (scaled) training fold."""
+    """What a technique may use: a batch of example inputs, the (scaled) training fold, the seed
+    of this fold, the suite's dense training spec, the dense model of this fold (the teacher for
+    distillation) and a builder for the suite's architecture with other ``model_args``."""
 
     example: torch.Tensor
     X_train: np.ndarray
     y_train: np.ndarray
     seed: int
+    train: TrainSpec | None = None
+    teacher: nn.Module | None = None
+    build: Callable[[Mapping[str, Any]], nn.Module] | None = None
 
 
 def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -54,6 +59,9 @@ class Pruner(ABC):
     summary: ClassVar[str]
     reference: ClassVar[str]
     structured: ClassVar[bool] = False
+    # True: the runner prunes the freshly initialized model (same init as the dense one), then
+    # trains the sparse network with the suite's [train] spec, masks held (SNIP and kin)
+    at_init: ClassVar[bool] = False
     arg_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: PruneSpec) -> None:
@@ -132,8 +140,16 @@ def _keep_mask(scores: torch.Tensor, target: float) -> torch.Tensor:
 
 
 def schedule_targets(spec: PruneSpec) -> list[float]:
-    """Cumulative sparsity per round. Iterative rounds remove the same fraction of what remains
-    (Han et al. 2015), so round ``t`` of ``N`` reaches ``1 - (1 - s) ** (t / N)``."""
+    """Cumulative sparsity per round.
+
+    ``iterative`` rounds remove the same fraction of what remains (Han et al. 2015), so round
+    ``t`` of ``N`` reaches ``1 - (1 - s) ** (t / N)``. ``agp`` is the automated gradual pruner
+    of Zhu & Gupta 2017 with initial sparsity 0: ``s_t = s * (1 - (1 - t / N) ** 3)``, fast early
+    while many redundant weights remain, slow towards the end.
+    """
     if spec.schedule == "oneshot" or spec.steps == 1:
         return [spec.sparsity]
-    return [1 - (1 - spec.sparsity) ** (t / spec.steps) for t in range(1, spec.steps + 1)]
+    n = spec.steps
+    if spec.schedule == "agp":
+        return [spec.sparsity * (1 - (1 - t / n) ** 3) for t in range(1, n + 1)]
+    return [1 - (1 - spec.sparsity) ** (t / n) for t in range(1, n + 1)]
