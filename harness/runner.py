@@ -256,6 +256,7 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
         seed,
         train=suite.train,
         teacher=dense,
+        model_args=suite.model_args,
         build=lambda args: build(
             suite.model, ds.n_features, ds.n_classes, {**suite.model_args, **args}
         ),

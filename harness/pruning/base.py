@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,6 +37,7 @@ class PruneContext:
     train: TrainSpec | None = None
     teacher: nn.Module | None = None
     build: Callable[[Mapping[str, Any]], nn.Module] | None = None
+    model_args: Mapping[str, Any] = field(default_factory=dict)  # the suite's
 
 
 def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -50,6 +51,16 @@ def weight(module: nn.Module) -> torch.Tensor:
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{type(module).__name__}.weight is not a tensor")
     return w
+
+
+def leaf_weight(module: nn.Module) -> torch.Tensor:
+    """The trainable weight parameter: ``weight_orig`` under a pruning mask (where
+    ``weight = weight_orig * weight_mask``), else ``weight``. Gradients w.r.t. it are
+    ``dL/dweight`` where the mask keeps the weight and 0 where it does not."""
+    param = module.weight_orig if hasattr(module, "weight_orig") else module.weight
+    if not isinstance(param, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return param
 
 
 class Pruner(ABC):

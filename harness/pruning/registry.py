@@ -13,6 +13,9 @@ _BUILTIN_MODULES = (
     "harness.pruning.magnitude",
     "harness.pruning.structured",
     "harness.pruning.taylor",
+    "harness.pruning.snip",
+    "harness.pruning.regularized",
+    "harness.pruning.student",
 )
 P = TypeVar("P", bound="type[Pruner]")
 

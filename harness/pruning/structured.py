@@ -9,8 +9,9 @@ classifier layer keeps its outputs.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from harness.pruning.base import PruneContext, Pruner, prunable_modules
@@ -53,14 +54,82 @@ class StructuredMagnitudePruner(Pruner):
         layers = prunable_modules(model)
         names = set(self.spec.args.get("ignore", []))
         ignored = [m for n, m in layers if n in names] + [layers[-1][1]]
+        importance = self.importance(model, ctx)
         pruner = tp.pruner.BasePruner(
             model,
             ctx.example[:1],
-            importance=tp.importance.GroupMagnitudeImportance(p=self.spec.args.get("norm", 2)),
+            importance=importance,
             pruning_ratio=ratio,
             global_pruning=self.spec.scope == "global",
             max_pruning_ratio=0.95,
             ignored_layers=ignored,
         )
         pruner.step()
+        model.zero_grad(set_to_none=True)
         return model
+
+    def importance(self, model: nn.Module, ctx: PruneContext) -> Any:
+        """The Torch-Pruning importance that ranks the groups (neuron / channel + dependents)."""
+        import torch_pruning as tp
+
+        return tp.importance.GroupMagnitudeImportance(p=self.spec.args.get("norm", 2))
+
+
+@register
+class StructuredTaylorPruner(StructuredMagnitudePruner):
+    """First-order Taylor importance of whole neurons / channels (Molchanov et al. 2019).
+
+    The importance of a unit is the first-order estimate of the loss change when its output is
+    removed: ``|sum_s g_s * w_s|`` over the unit's parameters ``s`` in every layer of its
+    dependency group (Torch-Pruning's ``GroupTaylorImportance(multivariable=True)``), with ``g``
+    the gradient of the mean cross-entropy over ``batches`` mini-batches of ``batch_size``
+    training rows, computed on the model as it is at each round.
+    """
+
+    name = "structured-taylor"
+    summary = "Structured: remove neurons/channels of smallest first-order Taylor importance."
+    reference = "Molchanov et al. 2019, Importance Estimation for Neural Network Pruning"
+    arg_names: ClassVar[tuple[str, ...]] = ("batches", "batch_size", "ignore")
+
+    @classmethod
+    def check(cls, spec: PruneSpec) -> str | None:
+        # the generic key check of Pruner, not the parent's norm check
+        if (problem := super(StructuredMagnitudePruner, cls).check(spec)) is not None:
+            return problem
+        for key in ("batches", "batch_size"):
+            value = spec.args.get(key, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                return f"{key} = {value!r}: must be a positive integer"
+        ignore = spec.args.get("ignore", [])
+        if not isinstance(ignore, list) or not all(isinstance(n, str) for n in ignore):
+            return f"ignore = {ignore!r}: must be a list of module names"
+        return None
+
+    def importance(self, model: nn.Module, ctx: PruneContext) -> Any:
+        import torch_pruning as tp
+
+        accumulate_gradients(
+            model,
+            torch.as_tensor(ctx.X_train),
+            torch.as_tensor(ctx.y_train),
+            batches=int(self.spec.args.get("batches", 8)),
+            batch_size=int(self.spec.args.get("batch_size", 128)),
+        )
+        return tp.importance.GroupTaylorImportance(multivariable=True)
+
+
+def accumulate_gradients(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, batches: int, batch_size: int
+) -> int:
+    """Leave in every parameter's ``.grad`` the gradient of the mean cross-entropy over the first
+    ``batches`` mini-batches (eval mode: no dropout noise); returns the number of batches."""
+    model.zero_grad(set_to_none=True)
+    was_training = model.training
+    model.eval()
+    starts = list(range(0, min(len(X), batches * batch_size), batch_size))
+    with torch.enable_grad():
+        for start in starts:
+            xb, yb = X[start : start + batch_size], y[start : start + batch_size]
+            (nn.functional.cross_entropy(model(xb), yb) / len(starts)).backward()
+    model.train(was_training)
+    return len(starts)

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from harness.pruning.base import MaskPruner, PruneContext, prunable_modules, weight
+from harness.pruning.base import MaskPruner, PruneContext, leaf_weight, prunable_modules, weight
 from harness.pruning.registry import register
 from harness.spec import PruneSpec
 
@@ -33,7 +33,7 @@ def taylor_scores(
         xb, yb = X[start : start + batch_size], y[start : start + batch_size]
         # the leaf parameter: under a pruning mask, weight = weight_orig * weight_mask, and the
         # gradient reaching weight_orig is dL/dweight where the mask keeps the weight
-        params = [_leaf(m) for m in layers]
+        params = [leaf_weight(m) for m in layers]
         grads = torch.autograd.grad(loss_fn(model(xb), yb), params, allow_unused=True)
         for m, g in zip(layers, grads, strict=True):
             if g is not None:
@@ -41,13 +41,6 @@ def taylor_scores(
         n += 1
     model.train(was_training)
     return {m: t / max(n, 1) for m, t in totals.items()}
-
-
-def _leaf(module: nn.Module) -> torch.Tensor:
-    param = module.weight_orig if hasattr(module, "weight_orig") else module.weight
-    if not isinstance(param, torch.Tensor):
-        raise TypeError(f"{type(module).__name__} has no weight tensor")
-    return param
 
 
 @register

@@ -1,0 +1,130 @@
+"""Knowledge distillation into a smaller architecture (Hinton, Vinyals & Dean 2015).
+
+Not pruning of the trained weights but the baseline every pruning result should beat: a student of
+the suite's own architecture with narrower layers, trained from scratch on the training fold with
+the distillation loss ``alpha * T**2 * KL(teacher^T || student^T) + (1 - alpha) * CE`` against the
+dense model of the same fold (the teacher), using the suite's ``[train]`` spec.
+
+The student's widths: ``args.model_args`` if given (merged over the suite's ``model_args``), else
+every width of the built-in factories (``hidden`` of ``mlp``, ``channels`` of ``cnn1d``) scaled by
+the largest factor whose student has at most ``1 - sparsity`` of the dense parameters, so
+``sparsity`` reads as for structured pruning: the fraction of parameters removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from torch import nn
+
+from harness.pruning.base import PruneContext, Pruner
+from harness.pruning.registry import register
+from harness.spec import DistillSpec, PruneSpec
+
+WIDTH_KEYS = ("hidden", "channels")
+_DEFAULT_WIDTHS = {"hidden": [256, 128], "channels": [32, 32, 32]}
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def scaled_args(
+    build: Callable[[Mapping[str, Any]], nn.Module],
+    dense_params: int,
+    target: float,
+    widths: Sequence[int],
+    key: str,
+) -> dict[str, Any]:
+    """``{key: widths * f}`` for the largest ``f`` (in steps of 1/256) whose model has at most
+    ``(1 - target) * dense_params`` parameters (binary search: parameters grow with ``f``);
+    every width stays >= 1."""
+
+    def args(step: int) -> dict[str, Any]:
+        return {key: [max(1, round(w * step / 256)) for w in widths]}
+
+    budget = (1 - target) * dense_params
+    low, high = 1, 256  # invariant: args(low) fits, or low == 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _params(build(args(mid))) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return args(low)
+
+
+@register
+class StudentPruner(Pruner):
+    name = "student"
+    summary = "Structured baseline: distill the dense model into a narrower one from scratch."
+    reference = "Hinton et al. 2015, Distilling the Knowledge in a Neural Network"
+    structured = True
+    arg_names: ClassVar[tuple[str, ...]] = ("model_args", "temperature", "alpha")
+
+    @classmethod
+    def check(cls, spec: PruneSpec) -> str | None:
+        if (problem := super().check(spec)) is not None:
+            return problem
+        if spec.schedule != "oneshot":
+            return f"schedule = {spec.schedule!r}: the student is trained once"
+        model_args = spec.args.get("model_args", {})
+        if not isinstance(model_args, dict):
+            return f"model_args = {model_args!r}: must be a table"
+        temperature = spec.args.get("temperature", 4.0)
+        if not isinstance(temperature, int | float) or isinstance(temperature, bool):
+            return f"temperature = {temperature!r}: must be a number > 0"
+        if temperature <= 0:
+            return f"temperature = {temperature!r}: must be a number > 0"
+        alpha = spec.args.get("alpha", 0.7)
+        if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
+            return f"alpha = {alpha!r}: must be a number in [0, 1]"
+        return None
+
+    def student_args(self, ctx: PruneContext) -> dict[str, Any]:
+        """The student's ``model_args`` overrides (explicit, or scaled widths)."""
+        if ctx.build is None or ctx.teacher is None:
+            raise ValueError("the student needs the suite's model builder and the dense teacher")
+        explicit = self.spec.args.get("model_args")
+        if explicit:
+            return dict(explicit)
+        for key in WIDTH_KEYS:
+            widths = ctx.model_args.get(key, _DEFAULT_WIDTHS[key])
+            if _accepts(ctx.build, key, widths):
+                return scaled_args(ctx.build, _params(ctx.teacher), self.spec.sparsity, widths, key)
+        raise ValueError(
+            "cannot scale this architecture's widths: give args.model_args for the student"
+        )
+
+    def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
+        import torch
+
+        from harness.training import fit
+
+        args = self.student_args(ctx)
+        torch.manual_seed(ctx.seed)
+        assert ctx.build is not None and ctx.teacher is not None and ctx.train is not None
+        student = ctx.build(args)
+        fit(
+            student,
+            ctx.X_train,
+            ctx.y_train,
+            ctx.train,
+            seed=ctx.seed,
+            teacher=ctx.teacher,
+            distill=DistillSpec(
+                temperature=float(self.spec.args.get("temperature", 4.0)),
+                alpha=float(self.spec.args.get("alpha", 0.7)),
+            ),
+        )
+        return student
+
+
+def _accepts(build: Callable[[Mapping[str, Any]], nn.Module], key: str, widths: Any) -> bool:
+    """Whether the suite's factory takes ``key`` (a list of widths)."""
+    try:
+        build({key: list(widths)})
+    except Exception:  # the factory rejects the key: not this architecture
+        return False
+    return True
