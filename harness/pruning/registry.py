@@ -16,6 +16,7 @@ _BUILTIN_MODULES = (
     "harness.pruning.snip",
     "harness.pruning.regularized",
     "harness.pruning.student",
+    "harness.pruning.obd",
 )
 P = TypeVar("P", bound="type[Pruner]")
 
