@@ -62,3 +62,10 @@ def calibrate(session: nox.Session) -> None:
     """Calibrate the gate's policies: false alarms on noise reruns, detection of regressions."""
     _install(session, "test")
     session.run("python", "benchmarks/calibrate.py", *session.posargs)
+
+
+@nox.session(default=False)
+def results(session: nox.Session) -> None:
+    """Every technique x sparsity on the digits MLP: docs/results.md and docs/results.png."""
+    _install(session, "test")
+    session.run("python", "benchmarks/results.py", *session.posargs)

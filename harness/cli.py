@@ -125,12 +125,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from harness.pruning import get, names
+    from harness.pruning.registry import CASE_OPTIONS
 
     rows = [(n, get(n).summary, get(n).reference) for n in names()]
     width = max(len(n) for n, _, _ in rows)
     for name, summary, reference in rows:
         print(f"{name.ljust(width)}  {summary}")
         print(f"{' ' * width}  ({reference})")
+    print()
+    print("Case options (combine with any method):")
+    width = max(len(key) for key, _, _ in CASE_OPTIONS)
+    for key, summary, reference in CASE_OPTIONS:
+        print(f"  {key.ljust(width)}  {summary}")
+        print(f"  {' ' * width}  ({reference})")
     return 0
 
 

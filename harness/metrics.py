@@ -59,12 +59,15 @@ MODEL_METRICS: dict[str, Direction] = {
     "latency_batch_ms_p50": Direction.LOWER,
     "latency_batch_ms_p95": Direction.LOWER,
     "pie_accuracy": Direction.HIGHER,  # accuracy on the pruning-identified exemplars
+    "energy_nj": Direction.LOWER,  # estimated energy of one inference (harness.energy)
+    "energy_measured_uj": Direction.LOWER,  # RAPL, per sample at the latency batch (if present)
 }
 RUN_METRICS: dict[str, Direction] = {
     "speedup": Direction.HIGHER,
     "speedup_batch": Direction.HIGHER,
     "param_reduction": Direction.HIGHER,
     "flops_reduction": Direction.HIGHER,
+    "energy_reduction": Direction.HIGHER,
     "pie_rate": Direction.LOWER,  # fraction of samples that are pruning-identified exemplars
     "pie_count": Direction.LOWER,
     "disagreement_rate": Direction.LOWER,  # dense and pruned predict differently
@@ -75,6 +78,7 @@ EDGE_METRICS = ("accuracy", "f1_macro")  # measured on every edge-case set
 # Metrics whose absolute values depend on the machine: compared against a baseline only when the
 # baseline was measured on the same hardware.
 HARDWARE_BOUND = frozenset(k for k in MODEL_METRICS if k.startswith("latency")) | {
+    "energy_measured_uj",
     "speedup",
     "speedup_batch",
 }
@@ -165,7 +169,8 @@ def classification_metrics(
 
 
 def model_stats(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
-    """Parameters, non-zero parameters, weight sparsity, FLOPs (batch 1) and serialized size.
+    """Parameters, non-zero parameters, weight sparsity, FLOPs (batch 1), serialized size and
+    the estimated energy of one inference (``energy_nj``, the analytic model of harness.energy).
 
     ``sparsity`` is the fraction of zeros among the weights of linear and convolution layers.
     ``flops`` comes from ``torch.utils.flop_counter`` (dense arithmetic, what runs without sparse
@@ -174,6 +179,7 @@ def model_stats(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from harness.energy import estimate
     from harness.pruning.base import prunable_modules, weight
 
     params = sum(p.numel() for p in model.parameters())
@@ -205,6 +211,7 @@ def model_stats(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
         "flops_nonzero": float(flops - saved),
         "size_bytes": float(len(raw)),
         "size_gzip_bytes": float(len(zlib.compress(raw, 6))),
+        "energy_nj": estimate(model, example).total_pj / 1000,
     }
 
 

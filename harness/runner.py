@@ -17,6 +17,7 @@ from torch import nn
 from harness import metrics as M
 from harness.data import Dataset, Fold, load_dataset, make_folds
 from harness.models import build
+from harness.power import measure_energy, rapl_counter
 from harness.pruning import PruneContext, create
 from harness.pruning.base import prunable_modules, schedule_targets, weight
 from harness.spec import CaseSpec, SuiteSpec
@@ -293,6 +294,9 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
     )
     dense_metrics = {**dense_eval.metrics, **lat[0].as_metrics()}
     pruned_metrics = {**pruned_eval.metrics, **lat[1].as_metrics()}
+    if (counter := rapl_counter()) is not None:  # measured energy where RAPL is readable
+        uj = measure_energy([dense, pruned], fold.X_val, batch=suite.latency.batch, counter=counter)
+        dense_metrics["energy_measured_uj"], pruned_metrics["energy_measured_uj"] = uj
 
     out = {f"dense.{k}": v for k, v in dense_metrics.items()}
     out.update({f"pruned.{k}": v for k, v in pruned_metrics.items()})
@@ -300,6 +304,7 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
     out["speedup_batch"] = lat[0].batch_p50 / lat[1].batch_p50
     out["param_reduction"] = 1 - pruned_metrics["nonzero_params"] / dense_metrics["params"]
     out["flops_reduction"] = 1 - pruned_metrics["flops_nonzero"] / dense_metrics["flops"]
+    out["energy_reduction"] = 1 - pruned_metrics["energy_nj"] / dense_metrics["energy_nj"]
     out["disagreement_rate"] = float((dense_eval.pred != pruned_eval.pred).mean())
     out.update(_edge_metrics(suite, case, ds, fold, dense_eval, {"dense": dense, "pruned": pruned}))
     findings = _checks(suite, fold, dense, pruned, out)

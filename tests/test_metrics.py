@@ -214,7 +214,11 @@ def test_model_stats_exact_on_hand_built_linear() -> None:
         "flops_nonzero",
         "size_bytes",
         "size_gzip_bytes",
+        "energy_nj",
     }
+    # 6 nonzero weights: 6 MACs (4.6 pJ) + 6 DRAM fetches (640 pJ); 4 inputs read, 3 outputs
+    # written in SRAM (5 pJ each) -- the table of harness.energy
+    assert stats["energy_nj"] == pytest.approx((6 * 4.6 + 6 * 640 + 4 * 5 + 3 * 5) / 1000)
 
 
 @pytest.mark.parametrize("zeros", [0, 3, 6, 12])

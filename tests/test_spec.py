@@ -751,7 +751,7 @@ def test_spec_error_is_a_value_error_with_fields() -> None:
         ({("gate", "pruned.f1_macro"): {}}, "a rule needs one of max_drop"),
         ({("gate", "pruned.f1_macro", "max_drop"): -0.01}, "must be >= 0"),
         ({("train", "lr"): 0}, "must be > 0"),
-        ({("case", 0, "prune", "method"): "lottery"}, "unknown method (known: magnitude"),
+        ({("case", 0, "prune", "method"): "lottery"}, "unknown method (known: auto, energy-aware"),
         ({("gate", "pruned.f2_macro"): {"max_drop": 0.1}}, "unknown metric ("),
         ({("suite", "dataset"): "sklearn:iris"}, "unknown dataset (known: "),
         ({("suite", "dataset"): "npz:missing.npz"}, "data file not found: "),
@@ -1113,5 +1113,18 @@ def test_cli_bad_suite_exits_2_with_one_line(
 def test_cli_methods_lists_the_techniques(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    names = {ln.split()[0] for ln in out.splitlines() if ln and not ln[0].isspace()}
-    assert {"magnitude", "structured"} <= names
+    techniques, _, options = out.partition("Case options (combine with any method):")
+    names = {ln.split()[0] for ln in techniques.splitlines() if ln and not ln[0].isspace()}
+    from harness.pruning import get
+    from harness.pruning import names as registered
+
+    assert names == set(registered())
+    assert {
+        "magnitude", "structured", "taylor", "structured-taylor", "snip", "obd", "obs", "lrp",
+        "l1", "l2", "group-lasso", "energy-aware", "student", "auto",
+    } <= names
+    for name in names:  # every technique with its one-line summary and its reference
+        assert f"{name.ljust(len(max(names, key=len)))}  {get(name).summary}" in techniques
+        assert f"({get(name).reference})" in techniques
+    for key in ('schedule = "agp"', 'schedule = "iterative"', "distill", 'deploy = "csr"'):
+        assert key in options

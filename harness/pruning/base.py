@@ -10,7 +10,7 @@ A :class:`Pruner` is created from a :class:`~harness.spec.PruneSpec`. The runner
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -61,6 +61,20 @@ def leaf_weight(module: nn.Module) -> torch.Tensor:
     if not isinstance(param, torch.Tensor):
         raise TypeError(f"{type(module).__name__} has no weight tensor")
     return param
+
+
+def ratio_of_remaining(reached: float, target: float) -> float:
+    """The fraction of what is left at cumulative sparsity ``reached`` that must go to reach
+    ``target`` (Torch-Pruning prunes a ratio of what is there now)."""
+    return 1 - (1 - target) / (1 - reached)
+
+
+def ignored_layers(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    """The prunable layers named in ``names``, plus the last one (the classifier keeps its
+    outputs)."""
+    layers = prunable_modules(model)
+    wanted = set(names)
+    return [m for n, m in layers if n in wanted] + [layers[-1][1]]
 
 
 class Pruner(ABC):

@@ -17,8 +17,41 @@ _BUILTIN_MODULES = (
     "harness.pruning.regularized",
     "harness.pruning.student",
     "harness.pruning.obd",
+    "harness.pruning.obs",
+    "harness.pruning.lrp",
+    "harness.pruning.energy_aware",
+    "harness.pruning.auto",
 )
 P = TypeVar("P", bound="type[Pruner]")
+
+# Case keys that combine with any method above: (key = value, what it does, reference).
+CASE_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    (
+        'schedule = "oneshot"',
+        "Prune to the target sparsity in one round, then fine-tune.",
+        "Han et al. 2015, Learning both Weights and Connections for Efficient Neural Networks",
+    ),
+    (
+        'schedule = "iterative"',
+        "Geometric rounds: each removes the same fraction of what remains; fine-tune between.",
+        "Han et al. 2015, Learning both Weights and Connections for Efficient Neural Networks",
+    ),
+    (
+        'schedule = "agp"',
+        "Automated gradual pruning: cubic s_t = s(1 - (1 - t/N)^3); fine-tune between rounds.",
+        "Zhu & Gupta 2017, To prune, or not to prune",
+    ),
+    (
+        "distill = { temperature, alpha }",
+        "Fine-tune the pruned student against the dense teacher's soft targets.",
+        "Hinton et al. 2015, Distilling the Knowledge in a Neural Network",
+    ),
+    (
+        'deploy = "csr"',
+        "Linear layers at >= 90 % zeros run as torch sparse CSR matrices (measured latency).",
+        "torch.sparse; Gale et al. 2020, Sparse GPU Kernels for Deep Learning",
+    ),
+)
 
 
 def register(cls: P) -> P:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from harness.pruning.base import PruneContext, Pruner, prunable_modules
+from harness.pruning.base import PruneContext, Pruner, ignored_layers, ratio_of_remaining
 from harness.pruning.registry import register
 from harness.spec import PruneSpec
 
@@ -46,14 +46,11 @@ class StructuredMagnitudePruner(Pruner):
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
         import torch_pruning as tp
 
-        # Torch-Pruning prunes a ratio of what is there now: convert the cumulative target.
-        ratio = 1 - (1 - target) / (1 - self.reached)
+        ratio = ratio_of_remaining(self.reached, target)
         self.reached = target
         if ratio <= 0:
             return model
-        layers = prunable_modules(model)
-        names = set(self.spec.args.get("ignore", []))
-        ignored = [m for n, m in layers if n in names] + [layers[-1][1]]
+        ignored = ignored_layers(model, self.spec.args.get("ignore", []))
         importance = self.importance(model, ctx)
         pruner = tp.pruner.BasePruner(
             model,
