@@ -1,14 +1,20 @@
-"""Every technique x sparsity on the digits MLP: the results table and plot in docs/.
+"""Every technique x sparsity on the reference models: the results table and plot in docs/.
 
-    python benchmarks/results.py [--docs DIR] [--folds K] [--only NAME ...]
+    python benchmarks/results.py [--docs DIR] [--folds K] [--only NAME ...] [--bench NAME ...]
 
-Runs the reference suite's dataset, model and dense training (suites/digits_mlp.toml) with 5-fold
-cross-validation, every registered technique at three sparsities, the same fine-tuning for every
-technique that fine-tunes (10 epochs, lr 3e-3, cosine), edge sets and checks off (they do not
-change the quality figures). Writes DIR/results.md (technique x sparsity -> macro-F1 mean +- std
-over folds, non-zero parameters, FLOPs, latency, speedup, estimated energy) and DIR/results.png
-(macro-F1 against the fraction of parameters removed). Speedups are same-run ratios; latencies
-are of the machine that ran this.
+Two benches, each on its reference suite's dataset, model and dense training with 5-fold
+cross-validation, edge sets and checks off (they do not change the quality figures):
+
+- ``digits``: the digits MLP (suites/digits_mlp.toml), every registered technique at three
+  sparsities, the same fine-tuning for every technique that fine-tunes (10 epochs, lr 3e-3,
+  cosine), plus uniform magnitude served as sparse CSR (``deploy = "csr"``).
+- ``mnist1d``: the MNIST-1D CNN (suites/mnist1d_cnn.toml), every structured technique at three
+  fractions of channels, fine-tuned as in that suite.
+
+Writes DIR/results.md (technique x sparsity -> macro-F1 mean +- std over folds, parameters
+removed, non-zero parameters, FLOPs, latency, speedup at batch 1 and 256, estimated energy) and
+DIR/results.png (macro-F1 against the fraction of parameters removed, one panel per bench).
+Speedups are same-run ratios; latencies are of the machine that ran this.
 """
 
 from __future__ import annotations
@@ -23,11 +29,6 @@ from typing import Any
 from harness.runner import CaseResult, run_case
 from harness.spec import suite_from_dict
 
-SUITE_FILE = Path("suites/digits_mlp.toml")
-FINETUNE = {"epochs": 10, "lr": 3e-3, "scheduler": "cosine"}
-UNSTRUCTURED = (0.8, 0.9, 0.95)  # fraction of weights
-STRUCTURED = (0.3, 0.5, 0.6)  # fraction of neurons (about 50 / 75 / 84 % of the parameters)
-
 
 @dataclass(frozen=True)
 class Technique:
@@ -39,47 +40,92 @@ class Technique:
     finetune: bool = True
 
 
-TECHNIQUES = (
-    Technique("magnitude (global)", "magnitude"),
-    Technique("magnitude (uniform per layer)", "magnitude", prune={"scope": "layer"}),
-    Technique("magnitude, iterative x3", "magnitude", prune={"schedule": "iterative", "steps": 3}),
-    Technique("magnitude, AGP x3", "magnitude", prune={"schedule": "agp", "steps": 3}),
-    Technique("magnitude + distillation", "magnitude", case={"distill": {}}),
-    Technique("taylor", "taylor"),
-    Technique("snip (at init)", "snip", finetune=False),
-    Technique("obd", "obd"),
-    Technique("obs (layer-wise)", "obs"),
-    Technique("l1 regularization", "l1"),
-    Technique("l2 regularization", "l2"),
-    Technique("auto (params budget)", "auto"),
-    Technique("auto (energy budget)", "auto", prune={"args": {"budget": "energy"}}),
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    title: str
+    suite_file: Path
+    finetune: dict[str, Any]
+    unstructured: tuple[float, ...]  # fractions of weights
+    structured: tuple[float, ...]  # fractions of neurons / channels
+    techniques: tuple[Technique, ...]
+    # the student's sparsity is a fraction of parameters: matched to the structured rows
+    student: dict[float, float] = field(default_factory=dict)
+
+
+STRUCTURED_TECHNIQUES = (
     Technique("structured (L2)", "structured", structured=True),
     Technique("structured-taylor", "structured-taylor", structured=True),
     Technique("lrp", "lrp", structured=True),
     Technique("energy-aware", "energy-aware", structured=True),
     Technique("group lasso", "group-lasso", structured=True),
-    Technique("student (distilled)", "student", structured=True, finetune=False),
+)
+
+BENCHES = (
+    Bench(
+        "digits",
+        "Digits MLP (64-256-128-10)",
+        Path("suites/digits_mlp.toml"),
+        {"epochs": 10, "lr": 3e-3, "scheduler": "cosine"},
+        (0.8, 0.9, 0.95),
+        (0.3, 0.5, 0.6),  # about 50 / 75 / 84 % of the parameters
+        (
+            Technique("magnitude (global)", "magnitude"),
+            Technique("magnitude (uniform per layer)", "magnitude", prune={"scope": "layer"}),
+            Technique(
+                "magnitude (uniform), sparse CSR",
+                "magnitude",
+                prune={"scope": "layer"},
+                case={"deploy": "csr"},
+            ),
+            Technique(
+                "magnitude, iterative x3", "magnitude", prune={"schedule": "iterative", "steps": 3}
+            ),
+            Technique("magnitude, AGP x3", "magnitude", prune={"schedule": "agp", "steps": 3}),
+            Technique("magnitude + distillation", "magnitude", case={"distill": {}}),
+            Technique("taylor", "taylor"),
+            Technique("snip (at init)", "snip", finetune=False),
+            Technique("obd", "obd"),
+            Technique("obs (layer-wise)", "obs"),
+            Technique("l1 regularization", "l1"),
+            Technique("l2 regularization", "l2"),
+            Technique("auto (params budget)", "auto"),
+            Technique("auto (energy budget)", "auto", prune={"args": {"budget": "energy"}}),
+            *STRUCTURED_TECHNIQUES,
+            Technique("student (distilled)", "student", structured=True, finetune=False),
+        ),
+        student={0.3: 0.5, 0.5: 0.75, 0.6: 0.84},
+    ),
+    Bench(
+        "mnist1d",
+        "MNIST-1D CNN (3 x 32 channels)",
+        Path("suites/mnist1d_cnn.toml"),
+        {"epochs": 20, "lr": 5e-3, "batch_size": 100, "scheduler": "onecycle"},
+        (),
+        (0.3, 0.5, 0.7),
+        STRUCTURED_TECHNIQUES,
+    ),
 )
 
 
-def _suite(folds: int, cases: list[dict[str, Any]]) -> Any:
-    data = tomllib.loads(SUITE_FILE.read_text())
+def _suite(bench: Bench, folds: int, cases: list[dict[str, Any]]) -> Any:
+    data = tomllib.loads(bench.suite_file.read_text())
     for key in ("edge", "gate"):
         data.pop(key, None)
     data["cv"] = {"folds": folds}
     data["checks"] = {"properties": False, "differential": False}
     data["latency"] = {"batch": 256, "warmup": 5, "repeats": 30}
     data["case"] = cases
-    return suite_from_dict(data, str(SUITE_FILE))
+    return suite_from_dict(data, str(bench.suite_file))
 
 
-def _case(t: Technique, sparsity: float) -> dict[str, Any]:
+def _case(bench: Bench, t: Technique, sparsity: float) -> dict[str, Any]:
     prune = {"method": t.method, "sparsity": sparsity, **t.prune}
-    if t.method == "student":  # sparsity = parameters removed: match the structured rows
-        prune["sparsity"] = {0.3: 0.5, 0.5: 0.75, 0.6: 0.84}[sparsity]
+    if t.method == "student":
+        prune["sparsity"] = bench.student[sparsity]
     case: dict[str, Any] = {"name": f"{t.method}-{sparsity}", "prune": prune, **t.case}
     if t.finetune:
-        case["finetune"] = FINETUNE
+        case["finetune"] = bench.finetune
     return case
 
 
@@ -87,6 +133,7 @@ def _row(t: Technique, sparsity: float, r: CaseResult) -> dict[str, Any]:
     m = r.metrics
     return {
         "technique": t.label,
+        "structured": t.structured,
         "sparsity": sparsity,
         "f1": m["pruned.f1_macro"].mean,
         "f1_std": m["pruned.f1_macro"].std,
@@ -96,52 +143,72 @@ def _row(t: Technique, sparsity: float, r: CaseResult) -> dict[str, Any]:
         "flops": m["pruned.flops_nonzero"].mean,
         "latency_ms": m["pruned.latency_ms_p50"].mean,
         "speedup": m["speedup"].mean,
-        "energy_nj": m["pruned.energy_nj"].mean if "pruned.energy_nj" in m else float("nan"),
+        "speedup_batch": m["speedup_batch"].mean,
+        "energy_nj": m["pruned.energy_nj"].mean,
+        "dense_energy_nj": m["dense.energy_nj"].mean,
         "seconds": r.seconds,
     }
 
 
-def _markdown(rows: list[dict[str, Any]], folds: int) -> str:
-    dense = rows[0]["dense_f1"]
+def _markdown(sections: list[tuple[Bench, list[dict[str, Any]]]], folds: int) -> str:
     lines = [
-        f"Digits MLP (64-256-128-10), {folds}-fold CV; dense macro-F1 {dense:.4f}. Sparsity: "
-        "fraction of weights (unstructured) or of neurons (structured; the student: of "
-        "parameters). Generated by `nox -s results`.",
+        "# Results: every technique on the reference models",
         "",
-        "| technique | sparsity | macro-F1 (mean ± std) | params removed | non-zero params "
-        "| FLOPs (non-zero) | latency p50 (ms) | speedup | est. energy (nJ) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"Generated by `nox -s results` ({folds}-fold cross-validation, the same folds and dense "
+        "models for every technique of a bench). Sparsity: fraction of weights (unstructured), "
+        "of neurons / channels (structured) or, for the student, of parameters. Speedup: dense "
+        "over pruned latency p50 measured in the same run, at batch 1 and 256. Energy: the "
+        "analytic estimate of one inference (`harness.energy`, 45 nm table).",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['technique']} | {r['sparsity']:.2f} | {r['f1']:.4f} ± {r['f1_std']:.4f} "
-            f"| {r['removed']:.1%} | {r['params']:,.0f} | {r['flops']:,.0f} "
-            f"| {r['latency_ms']:.4f} | {r['speedup']:.2f} | {r['energy_nj']:,.0f} |"
-        )
+    for bench, rows in sections:
+        if not rows:
+            continue
+        r0 = rows[0]
+        lines += [
+            "",
+            f"## {bench.title}",
+            "",
+            f"Dense: macro-F1 {r0['dense_f1']:.4f}, est. energy {r0['dense_energy_nj']:,.0f} nJ.",
+            "",
+            "| technique | sparsity | macro-F1 (mean ± std) | params removed | non-zero params "
+            "| FLOPs (non-zero) | latency p50 (ms) | speedup b1 | speedup b256 "
+            "| est. energy (nJ) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['technique']} | {r['sparsity']:.2f} | {r['f1']:.4f} ± {r['f1_std']:.4f} "
+                f"| {r['removed']:.1%} | {r['params']:,.0f} | {r['flops']:,.0f} "
+                f"| {r['latency_ms']:.4f} | {r['speedup']:.2f} | {r['speedup_batch']:.2f} "
+                f"| {r['energy_nj']:,.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _plot(sections: list[tuple[Bench, list[dict[str, Any]]]], path: Path) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 5.5))
-    ax = fig.add_subplot()
-    labels = list(dict.fromkeys(r["technique"] for r in rows))
-    for i, label in enumerate(labels):
-        pts = sorted((r["removed"], r["f1"], r["f1_std"]) for r in rows if r["technique"] == label)
-        xs, ys, es = zip(*pts, strict=True)
-        style = "--" if any(r["technique"] == label and r["sparsity"] < 0.75 for r in rows) else "-"
-        ax.errorbar(
-            xs, ys, yerr=es, marker="o", ls=style, capsize=2, label=label, color=f"C{i % 10}"
-        )
-    ax.axhline(rows[0]["dense_f1"], color="k", lw=0.8, ls=":", label="dense")
-    ax.set_xlabel("fraction of parameters removed (dashed: structured)")
-    ax.set_ylabel("macro-F1 (mean ± std over folds)")
-    ax.set_title("Digits MLP: quality against compression, every technique")
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
-    ax.grid(alpha=0.3)
+    sections = [(b, rows) for b, rows in sections if rows]
+    fig = Figure(figsize=(9, 5.5 * len(sections)))
+    for k, (bench, rows) in enumerate(sections):
+        ax = fig.add_subplot(len(sections), 1, k + 1)
+        labels = list(dict.fromkeys(r["technique"] for r in rows))
+        for i, label in enumerate(labels):
+            mine = [r for r in rows if r["technique"] == label]
+            pts = sorted((r["removed"], r["f1"], r["f1_std"]) for r in mine)
+            xs, ys, es = zip(*pts, strict=True)
+            style = "--" if mine[0]["structured"] else "-"
+            ax.errorbar(
+                xs, ys, yerr=es, marker="o", ls=style, capsize=2, label=label, color=f"C{i % 10}"
+            )
+        ax.axhline(rows[0]["dense_f1"], color="k", lw=0.8, ls=":", label="dense")
+        ax.set_xlabel("fraction of parameters removed (dashed: structured)")
+        ax.set_ylabel("macro-F1 (mean ± std over folds)")
+        ax.set_title(f"{bench.title}: quality against compression")
+        ax.legend(fontsize=7, ncol=2, loc="lower left")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -149,26 +216,34 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only", nargs="*", help="methods to run (default: all)")
+    parser.add_argument(
+        "--bench", nargs="*", choices=[b.name for b in BENCHES], help="benches (default: all)"
+    )
     args = parser.parse_args()
-    rows = []
+    sections: list[tuple[Bench, list[dict[str, Any]]]] = []
     start = time.perf_counter()
-    for t in TECHNIQUES:
-        if args.only and t.method not in args.only:
+    for bench in BENCHES:
+        if args.bench and bench.name not in args.bench:
             continue
-        grid = STRUCTURED if t.structured else UNSTRUCTURED
-        suite = _suite(args.folds, [_case(t, s) for s in grid])
-        for s, case in zip(grid, suite.cases, strict=True):
-            result = run_case(suite, case)
-            rows.append(_row(t, s, result))
-            r = rows[-1]
-            print(
-                f"{t.label:32s} {s:.2f} f1={r['f1']:.4f}±{r['f1_std']:.4f} "
-                f"removed={r['removed']:.3f} speedup={r['speedup']:.2f} ({r['seconds']:.1f}s)",
-                flush=True,
-            )
+        rows: list[dict[str, Any]] = []
+        sections.append((bench, rows))
+        for t in bench.techniques:
+            if args.only and t.method not in args.only:
+                continue
+            grid = bench.structured if t.structured else bench.unstructured
+            suite = _suite(bench, args.folds, [_case(bench, t, s) for s in grid])
+            for s, case in zip(grid, suite.cases, strict=True):
+                rows.append(_row(t, s, run_case(suite, case)))
+                r = rows[-1]
+                print(
+                    f"{bench.name:8s} {t.label:34s} {s:.2f} f1={r['f1']:.4f}±{r['f1_std']:.4f} "
+                    f"removed={r['removed']:.3f} speedup={r['speedup']:.2f}/"
+                    f"{r['speedup_batch']:.2f} ({r['seconds']:.1f}s)",
+                    flush=True,
+                )
     args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / "results.md").write_text(_markdown(rows, args.folds), encoding="utf-8")
-    _plot(rows, args.docs / "results.png")
+    (args.docs / "results.md").write_text(_markdown(sections, args.folds), encoding="utf-8")
+    _plot(sections, args.docs / "results.png")
     print(
         f"wrote {args.docs / 'results.md'} and results.png in {time.perf_counter() - start:.0f} s"
     )

@@ -11,8 +11,8 @@ import datetime as dt
 import json
 import os
 import platform
+import secrets
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -162,17 +162,19 @@ class BaselineStore:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as sorted, indented JSON to ``path`` all at once: a temporary file next
+    to it (created like any other file, so the umask applies), synced, then renamed over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, sort_keys=True, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with tmp.open("x", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

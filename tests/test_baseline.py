@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,18 @@ def test_save_leaves_no_temporary_files(tmp_path: Path) -> None:
     assert store.list() == [tmp_path / "tiny" / "mag-50.json"]  # .obtained is not a baseline
     loaded = store.load("tiny", "mag-50")
     assert loaded is not None and loaded.commit == "second"
+
+
+def test_saved_files_get_the_umask_mode_not_a_private_one(tmp_path: Path) -> None:
+    # mkstemp-style temporaries are 0600; a baseline reviewed in PRs is an ordinary file
+    old = os.umask(0o022)
+    try:
+        path = BaselineStore(tmp_path).save(_baseline())
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
 
 
 def test_failed_save_leaves_nothing_behind(tmp_path: Path) -> None:
