@@ -57,6 +57,13 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_gate.py", *session.posargs)
 
 
+@nox.session(name="bench-sparse", default=False)
+def bench_sparse(session: nox.Session) -> None:
+    """Latency of dense nn.Linear against sparse CSR deployment: docs/sparse.md (ratios)."""
+    _install(session, "test")
+    session.run("python", "benchmarks/bench_sparse.py", "--out", "docs/sparse.md", *session.posargs)
+
+
 @nox.session(default=False)
 def calibrate(session: nox.Session) -> None:
     """Calibrate the gate's policies: false alarms on noise reruns, detection of regressions."""

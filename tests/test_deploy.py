@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -104,6 +105,15 @@ def test_only_layers_at_min_sparsity_or_more_are_converted() -> None:
     assert [round(m.sparsity, 3) for m in (sparse[2], sparse[4])] == [0.9, 0.95]
     assert csr_layers(to_sparse_csr(model, min_sparsity=0.0)) == ["0", "2", "4"]
     assert csr_layers(to_sparse_csr(model, min_sparsity=1.0)) == []
+
+
+def test_a_layer_pruned_to_min_sparsity_is_converted_despite_rounding() -> None:
+    # 256 x 128 at 90 %: round(0.9 * 32768) = 29491 zeros, a fraction of 0.89999...
+    model = nn.Sequential(_linear(256, 128, 0.9, seed=0), nn.ReLU(), _linear(128, 10, 0.9, seed=1))
+    assert int((model[0].weight == 0).sum()) == 29491 and 29491 / 32768 < 0.9
+    assert csr_layers(to_sparse_csr(model)) == ["0", "2"]
+    one_short = _linear(256, 128, 29490 / 32768, seed=0)
+    assert csr_layers(to_sparse_csr(nn.Sequential(one_short))) == []
 
 
 def test_input_model_is_untouched_even_with_pruning_masks() -> None:
@@ -255,3 +265,42 @@ def test_min_sparsity_must_be_a_fraction() -> None:
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="min_sparsity"):
             to_sparse_csr(model, bad)
+
+
+def test_a_case_with_deploy_csr_serves_the_same_predictions_from_csr_layers() -> None:
+    """``deploy = "csr"`` in a case: the runner evaluates (and times) the CSR model, whose
+    predictions and quality metrics equal those of the same case without deployment."""
+    from harness.data import load_dataset, make_folds
+    from harness.runner import run_fold
+    from harness.spec import suite_from_dict
+
+    def suite(**case: object) -> object:
+        return suite_from_dict(
+            {
+                "suite": {"name": "t", "dataset": "sklearn:digits", "model_args": {"hidden": [64]}},
+                "cv": {"folds": 2},
+                "train": {"epochs": 3, "lr": 3e-3},
+                "checks": {"properties": False, "differential": False},
+                "latency": {"repeats": 2, "warmup": 1, "batch": 16},
+                "case": [
+                    {
+                        "name": "c",
+                        "prune": {"method": "magnitude", "scope": "layer", "sparsity": 0.9},
+                        "finetune": {"epochs": 1},
+                        **case,
+                    }
+                ],
+            }
+        )
+
+    ds = load_dataset("sklearn:digits", {}, None)
+    fold = make_folds(ds, 2, seed=0)[0]
+    deployed, plain = suite(deploy="csr"), suite()
+    got = run_fold(deployed, deployed.cases[0], ds, fold)  # type: ignore[attr-defined]
+    ref = run_fold(plain, plain.cases[0], ds, fold)  # type: ignore[attr-defined]
+    assert csr_layers(got.pruned) == ["0", "2"]  # both linear layers at 90 % zeros
+    assert not csr_layers(ref.pruned)
+    assert np.array_equal(got.pruned_pred, ref.pruned_pred)
+    for key in ("pruned.f1_macro", "pruned.accuracy", "pruned.sparsity", "pruned.nonzero_params"):
+        assert got.metrics[key] == ref.metrics[key], key
+    assert got.metrics["pruned.sparsity"] == pytest.approx(0.9, abs=0.01)

@@ -1120,8 +1120,20 @@ def test_cli_methods_lists_the_techniques(capsys: pytest.CaptureFixture[str]) ->
 
     assert names == set(registered())
     assert {
-        "magnitude", "structured", "taylor", "structured-taylor", "snip", "obd", "obs", "lrp",
-        "l1", "l2", "group-lasso", "energy-aware", "student", "auto",
+        "magnitude",
+        "structured",
+        "taylor",
+        "structured-taylor",
+        "snip",
+        "obd",
+        "obs",
+        "lrp",
+        "l1",
+        "l2",
+        "group-lasso",
+        "energy-aware",
+        "student",
+        "auto",
     } <= names
     for name in names:  # every technique with its one-line summary and its reference
         assert f"{name.ljust(len(max(names, key=len)))}  {get(name).summary}" in techniques
