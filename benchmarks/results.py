@@ -11,7 +11,8 @@ cross-validation, edge sets and checks off (they do not change the quality figur
 - ``mnist1d``: the MNIST-1D CNN (suites/mnist1d_cnn.toml), every structured technique at three
   fractions of channels, fine-tuned as in that suite.
 
-Writes DIR/results.md (technique x sparsity -> macro-F1 mean +- std over folds, parameters
+Writes DIR/results.json (every row, the raw figures; ``--plot-only`` re-renders the table and plot
+from it), DIR/results.md (technique x sparsity -> macro-F1 mean +- std over folds, parameters
 removed, non-zero parameters, FLOPs, latency, speedup at batch 1 and 256, estimated energy) and
 DIR/results.png (macro-F1 against the fraction of parameters removed, one panel per bench).
 Speedups are same-run ratios; latencies are of the machine that ran this.
@@ -20,6 +21,7 @@ Speedups are same-run ratios; latencies are of the machine that ran this.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -185,30 +187,49 @@ def _markdown(sections: list[tuple[Bench, list[dict[str, Any]]]], folds: int) ->
     return "\n".join(lines) + "\n"
 
 
+MARKERS = "osD^v<>ph*"
+
+
 def _plot(sections: list[tuple[Bench, list[dict[str, Any]]]], path: Path) -> None:
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    sections = [(b, rows) for b, rows in sections if rows]
-    fig = Figure(figsize=(9, 5.5 * len(sections)))
-    for k, (bench, rows) in enumerate(sections):
-        ax = fig.add_subplot(len(sections), 1, k + 1)
+    # every bench in full, and the top of the digits range again: most techniques sit there
+    panels = [(b, rows, None) for b, rows in sections if rows]
+    if panels and panels[0][0].name == "digits":
+        dense = panels[0][1][0]["dense_f1"]
+        panels.insert(1, (panels[0][0], panels[0][1], (dense - 0.04, dense + 0.012)))
+    fig = Figure(figsize=(10, 5.5 * len(panels)))
+    palette = colormaps["tab20"]
+    for k, (bench, rows, ylim) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, k + 1)
         labels = list(dict.fromkeys(r["technique"] for r in rows))
         for i, label in enumerate(labels):
             mine = [r for r in rows if r["technique"] == label]
             pts = sorted((r["removed"], r["f1"], r["f1_std"]) for r in mine)
             xs, ys, es = zip(*pts, strict=True)
-            style = "--" if mine[0]["structured"] else "-"
             ax.errorbar(
-                xs, ys, yerr=es, marker="o", ls=style, capsize=2, label=label, color=f"C{i % 10}"
+                xs,
+                ys,
+                yerr=es,
+                marker=MARKERS[i % len(MARKERS)],
+                ls="--" if mine[0]["structured"] else "-",
+                capsize=2,
+                label=label,
+                color=palette(i % 20),
             )
         ax.axhline(rows[0]["dense_f1"], color="k", lw=0.8, ls=":", label="dense")
         ax.set_xlabel("fraction of parameters removed (dashed: structured)")
         ax.set_ylabel("macro-F1 (mean ± std over folds)")
-        ax.set_title(f"{bench.title}: quality against compression")
+        title = f"{bench.title}: quality against compression"
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+            title += " (top of the range)"
+        ax.set_title(title)
         ax.legend(fontsize=7, ncol=2, loc="lower left")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def main() -> None:
@@ -219,7 +240,19 @@ def main() -> None:
     parser.add_argument(
         "--bench", nargs="*", choices=[b.name for b in BENCHES], help="benches (default: all)"
     )
+    parser.add_argument(
+        "--plot-only",
+        action="store_true",
+        help="re-render results.md and results.png from DIR/results.json without running",
+    )
     args = parser.parse_args()
+    raw = args.docs / "results.json"
+    if args.plot_only:
+        stored = json.loads(raw.read_text(encoding="utf-8"))
+        by_name = {b.name: b for b in BENCHES}
+        sections = [(by_name[name], rows) for name, rows in stored["benches"].items()]
+        _write(sections, stored["folds"], args.docs)
+        return
     sections: list[tuple[Bench, list[dict[str, Any]]]] = []
     start = time.perf_counter()
     for bench in BENCHES:
@@ -242,11 +275,15 @@ def main() -> None:
                     flush=True,
                 )
     args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / "results.md").write_text(_markdown(sections, args.folds), encoding="utf-8")
-    _plot(sections, args.docs / "results.png")
-    print(
-        f"wrote {args.docs / 'results.md'} and results.png in {time.perf_counter() - start:.0f} s"
-    )
+    data = {"folds": args.folds, "benches": {b.name: rows for b, rows in sections}}
+    raw.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    _write(sections, args.folds, args.docs)
+    print(f"wrote {args.docs}/results.md, .png, .json in {time.perf_counter() - start:.0f} s")
+
+
+def _write(sections: list[tuple[Bench, list[dict[str, Any]]]], folds: int, docs: Path) -> None:
+    (docs / "results.md").write_text(_markdown(sections, folds), encoding="utf-8")
+    _plot(sections, docs / "results.png")
 
 
 if __name__ == "__main__":
