@@ -7,11 +7,13 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from harness.models import cnn1d, mlp
 from harness.pruning import PruneContext, create, get, names, prunable_modules, register
-from harness.pruning.base import Pruner, schedule_targets
+from harness.pruning.base import Pruner, _keep_mask, _keep_mask_capped, schedule_targets
 from harness.spec import PruneSpec, TrainSpec
 from harness.training import fit
 
@@ -70,7 +72,7 @@ def test_check_rejects_unknown_args() -> None:
     assert get("magnitude").check(PruneSpec("magnitude", 0.5)) is None
     problem = get("magnitude").check(PruneSpec("magnitude", 0.5, args={"foo": 1}))
     assert problem is not None and "unknown" in problem
-    assert "foo" in problem and "(known: none)" in problem
+    assert "foo" in problem and "(known: max_layer)" in problem
     structured = get("structured")
     assert structured.check(PruneSpec("structured", 0.5, args={"norm": 1, "ignore": ["0"]})) is None
     problem = structured.check(PruneSpec("structured", 0.5, args={"b": 1, "a": 2}))
@@ -293,3 +295,76 @@ def test_structured_zero_target_changes_nothing() -> None:
     before = _params(model)
     model = create(PruneSpec("structured", 0.0)).step(model, 0.0, _ctx())
     assert _params(model) == before
+
+
+# --------------------------------------------------------------------------------------------
+# per-layer cap of global mask pruning (args.max_layer)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+    target=st.floats(0.0, 0.99),
+    slack=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_capped_global_selection_is_the_lowest_scores_within_the_caps(
+    sizes: list[int], target: float, slack: float, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    scores = [torch.randn(n, generator=g) * (i + 1) for i, n in enumerate(sizes)]
+    cap = target + slack * (1 - target)
+    keep = _keep_mask_capped(scores, target, cap)
+    total = sum(sizes)
+    removed = [int((k == 0).sum()) for k in keep.split(sizes)]
+    allowed = [round(cap * n) for n in sizes]
+    assert all(r <= a for r, a in zip(removed, allowed, strict=True))  # no layer above its cap
+    assert sum(removed) == min(round(target * total), sum(allowed))  # the target, if reachable
+    # optimal under the caps: every removed score is <= every kept score its layer could lose
+    flat = torch.cat(scores)
+    for layer, (s, k) in enumerate(zip(scores, keep.split(sizes), strict=True)):
+        within = torch.argsort(s, stable=True)[: allowed[layer]]
+        candidates = torch.zeros_like(k, dtype=torch.bool)
+        candidates[within] = True
+        free = s[(k == 1) & candidates]
+        if len(free) and (keep == 0).any():
+            assert flat[keep == 0].max() <= free.min()
+    if cap == 1.0:  # no cap: the plain global selection
+        assert torch.equal(keep, _keep_mask(flat, target))
+
+
+def test_max_layer_prevents_a_layer_from_being_pruned_away() -> None:
+    # the middle layer's weights are scaled down: a plain global ranking removes all of them
+    def model() -> nn.Module:
+        net = _mlp()
+        with torch.no_grad():
+            net[2].weight.mul_(1e-3)
+        return net
+
+    plain = create(PruneSpec("magnitude", 0.6)).step(model(), 0.6, _ctx())
+    assert bool((plain[2].weight == 0).all())
+    capped = create(PruneSpec("magnitude", 0.6, args={"max_layer": 0.9}))
+    net = capped.step(model(), 0.6, _ctx())
+    n = sum(m.weight.numel() for _, m in prunable_modules(net))
+    assert _zeros(net) == round(0.6 * n)
+    assert int((net[2].weight == 0).sum()) == round(0.9 * net[2].weight.numel())
+    # a second round keeps the first round's zeros and the cap
+    net = capped.step(net, 0.7, _ctx())
+    assert _zeros(net) == round(0.7 * n)
+    assert int((net[2].weight == 0).sum()) == round(0.9 * net[2].weight.numel())
+
+
+@pytest.mark.parametrize("method", ["magnitude", "taylor", "obd", "snip", "l1", "l2"])
+def test_max_layer_is_accepted_and_validated_by_global_mask_pruners(method: str) -> None:
+    cls = get(method)
+    assert cls.check(PruneSpec(method, 0.9, args={"max_layer": 0.98})) is None
+    for bad in (0.5, 1.5, "0.98", True):
+        problem = cls.check(PruneSpec(method, 0.9, args={"max_layer": bad}))
+        assert problem is not None and problem.startswith(f"max_layer = {bad!r}: must be")
+
+
+def test_techniques_with_their_own_allocation_do_not_take_the_cap() -> None:
+    problem = get("obs").check(PruneSpec("obs", 0.9, args={"max_layer": 0.98}))
+    assert problem is not None and problem.startswith("unknown key(s) max_layer")
+    assert get("auto").check(PruneSpec("auto", 0.9, args={"max_layer": 0.95})) is None
+    assert "max_layer" not in get("structured").known_args()

@@ -378,6 +378,7 @@ class AutoPruner(MaskPruner):
         "(sensitivity analysis); He et al. 2018, AMC: AutoML for Model Compression"
     )
     arg_names: ClassVar[tuple[str, ...]] = ("budget", "grid", "calibration", "max_layer")
+    layer_cap = False  # its own allocation; its max_layer bounds the per-layer rates
 
     def __init__(self, spec: PruneSpec) -> None:
         super().__init__(spec)

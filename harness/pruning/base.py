@@ -93,11 +93,16 @@ class Pruner(ABC):
         self.spec = spec
 
     @classmethod
+    def known_args(cls) -> tuple[str, ...]:
+        """The ``args`` keys this technique accepts."""
+        return cls.arg_names
+
+    @classmethod
     def check(cls, spec: PruneSpec) -> str | None:
         """The problem with ``spec`` for this technique, or None."""
-        unknown = set(spec.args) - set(cls.arg_names)
+        unknown = set(spec.args) - set(cls.known_args())
         if unknown:
-            known = ", ".join(cls.arg_names) or "none"
+            known = ", ".join(cls.known_args()) or "none"
             return f"unknown key(s) {', '.join(sorted(unknown))} (known: {known})"
         return None
 
@@ -115,7 +120,37 @@ class MaskPruner(Pruner):
 
     ``scope = "global"`` ranks all weights of all prunable layers together, ``"layer"`` prunes
     every layer to the target separately. Already-pruned weights stay pruned.
+
+    ``args.max_layer`` (global scope, optional): no layer loses more than
+    ``round(max_layer * n)`` of its ``n`` weights. A global ranking can otherwise prune a whole
+    layer away at high sparsity (layer collapse, Tanaka et al. 2020), which cuts the network in
+    two; the weights a capped layer keeps go to the next lowest scores of the other layers.
+    Techniques with an allocation of their own set ``layer_cap = False``.
     """
+
+    layer_cap: ClassVar[bool] = True
+
+    @classmethod
+    def known_args(cls) -> tuple[str, ...]:
+        extra = ("max_layer",) if cls.layer_cap and "max_layer" not in cls.arg_names else ()
+        return (*cls.arg_names, *extra)
+
+    @classmethod
+    def check(cls, spec: PruneSpec) -> str | None:
+        if (problem := super().check(spec)) is not None:
+            return problem
+        if cls.layer_cap and "max_layer" in spec.args:
+            cap = spec.args["max_layer"]
+            if (
+                not isinstance(cap, int | float)
+                or isinstance(cap, bool)
+                or not spec.sparsity <= cap <= 1
+            ):
+                return (
+                    f"max_layer = {cap!r}: must be a number in [sparsity, 1] "
+                    f"(sparsity = {spec.sparsity})"
+                )
+        return None
 
     @abstractmethod
     def scores(self, model: nn.Module, ctx: PruneContext) -> Mapping[nn.Module, torch.Tensor]:
@@ -133,8 +168,11 @@ class MaskPruner(Pruner):
                     s[mask == 0] = -torch.inf  # keep what is pruned pruned
                 ranked[m] = s
             if self.spec.scope == "global":
-                flat = torch.cat([ranked[m].flatten() for m in modules])
-                keep = _keep_mask(flat, target)
+                cap = self.spec.args.get("max_layer") if self.layer_cap else None
+                if cap is None:
+                    keep = _keep_mask(torch.cat([ranked[m].flatten() for m in modules]), target)
+                else:
+                    keep = _keep_mask_capped([ranked[m].flatten() for m in modules], target, cap)
                 offset = 0
                 for m in modules:
                     n = ranked[m].numel()
@@ -153,6 +191,23 @@ class MaskPruner(Pruner):
             if prune.is_pruned(m) and hasattr(m, "weight_mask"):
                 prune.remove(m, "weight")
         return model
+
+
+def _keep_mask_capped(scores: list[torch.Tensor], target: float, cap: float) -> torch.Tensor:
+    """Global :func:`_keep_mask` over the concatenated ``scores`` where no layer loses more than
+    ``round(cap * n)`` of its ``n`` weights: only each layer's lowest ``round(cap * n)`` scores
+    compete for the ``round(target * total)`` removals (fewer, if the caps allow fewer)."""
+    eligible = []
+    for s in scores:
+        allowed = torch.zeros_like(s, dtype=torch.bool)
+        allowed[torch.argsort(s, stable=True)[: round(cap * s.numel())]] = True
+        eligible.append(allowed)
+    flat, ok = torch.cat(scores), torch.cat(eligible)
+    n_prune = min(round(target * flat.numel()), int(ok.sum()))
+    order = torch.argsort(torch.where(ok, flat, torch.inf), stable=True)
+    keep = torch.ones_like(flat)
+    keep[order[:n_prune]] = 0
+    return keep
 
 
 def _keep_mask(scores: torch.Tensor, target: float) -> torch.Tensor:

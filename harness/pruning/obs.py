@@ -373,6 +373,7 @@ class OBSPruner(MaskPruner):
         "Surgeon; Frantar & Alistarh 2022, Optimal Brain Compression"
     )
     arg_names: ClassVar[tuple[str, ...]] = ("n_samples", "damp")
+    layer_cap = False  # its own global allocation (relative reconstruction errors)
 
     @classmethod
     def check(cls, spec: PruneSpec) -> str | None:
