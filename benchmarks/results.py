@@ -219,7 +219,7 @@ def _plot(sections: list[tuple[Bench, list[dict[str, Any]]]], path: Path) -> Non
                 xs,
                 ys,
                 yerr=es,
-                marker=MARKERS[i % len(MARKERS)],
+                marker=MARKERS[(i + i // 20) % len(MARKERS)],  # unique with the colour
                 ls="--" if mine[0]["structured"] else "-",
                 capsize=2,
                 label=label,
