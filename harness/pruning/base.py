@@ -63,6 +63,23 @@ def leaf_weight(module: nn.Module) -> torch.Tensor:
     return param
 
 
+def positive_int_problem(args: Mapping[str, Any], *keys: str) -> str | None:
+    """The problem with the first of ``args[key]`` that is set and not a positive integer."""
+    for key in keys:
+        value = args.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"{key} = {value!r}: must be a positive integer"
+    return None
+
+
+def module_names_problem(args: Mapping[str, Any], key: str = "ignore") -> str | None:
+    """The problem with ``args[key]`` if it is set and not a list of module names."""
+    names = args.get(key, [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return f"{key} = {names!r}: must be a list of module names"
+    return None
+
+
 def ratio_of_remaining(reached: float, target: float) -> float:
     """The fraction of what is left at cumulative sparsity ``reached`` that must go to reach
     ``target`` (Torch-Pruning prunes a ratio of what is there now)."""

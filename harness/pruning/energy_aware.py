@@ -74,6 +74,8 @@ from harness.pruning.base import (
     PruneContext,
     Pruner,
     ignored_layers,
+    module_names_problem,
+    positive_int_problem,
     ratio_of_remaining,
     weight,
 )
@@ -214,14 +216,9 @@ class EnergyAwarePruner(Pruner):
             or beta < 0
         ):
             return f"energy_exponent = {beta!r}: must be a number >= 0"
-        ignore = spec.args.get("ignore", [])
-        if not isinstance(ignore, list) or not all(isinstance(n, str) for n in ignore):
-            return f"ignore = {ignore!r}: must be a list of module names"
-        for key in ("batches", "batch_size"):
-            value = spec.args.get(key, 1)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                return f"{key} = {value!r}: must be a positive integer"
-        return None
+        return module_names_problem(spec.args) or positive_int_problem(
+            spec.args, "batches", "batch_size"
+        )
 
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
         ratio = ratio_of_remaining(self.reached, target)

@@ -58,7 +58,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from harness.pruning.base import PruneContext, prunable_modules
+from harness.pruning.base import (
+    PruneContext,
+    module_names_problem,
+    positive_int_problem,
+    prunable_modules,
+)
 from harness.pruning.registry import register
 from harness.pruning.structured import StructuredMagnitudePruner
 from harness.spec import PruneSpec
@@ -206,18 +211,14 @@ class LRPPruner(StructuredMagnitudePruner):
         # the generic key check of Pruner, not the parent's norm check
         if (problem := super(StructuredMagnitudePruner, cls).check(spec)) is not None:
             return problem
-        n_samples = spec.args.get("n_samples", 256)
-        if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
-            return f"n_samples = {n_samples!r}: must be a positive integer"
+        if (problem := positive_int_problem(spec.args, "n_samples")) is not None:
+            return problem
         eps = spec.args.get("epsilon", 1e-6)
         if not isinstance(eps, int | float) or isinstance(eps, bool) or not math.isfinite(eps):
             return f"epsilon = {eps!r}: must be a finite number >= 0"
         if eps < 0:
             return f"epsilon = {eps!r}: must be a finite number >= 0"
-        ignore = spec.args.get("ignore", [])
-        if not isinstance(ignore, list) or not all(isinstance(n, str) for n in ignore):
-            return f"ignore = {ignore!r}: must be a list of module names"
-        return None
+        return module_names_problem(spec.args)
 
     def scores(self, model: nn.Module, ctx: PruneContext) -> dict[str, torch.Tensor]:
         """Normalized relevance per unit of every prunable layer, by layer name."""

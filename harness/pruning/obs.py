@@ -63,7 +63,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from harness.pruning.base import MaskPruner, PruneContext, prunable_modules, weight
+from harness.pruning.base import (
+    MaskPruner,
+    PruneContext,
+    positive_int_problem,
+    prunable_modules,
+    weight,
+)
 from harness.pruning.registry import register
 from harness.spec import PruneSpec
 
@@ -379,9 +385,8 @@ class OBSPruner(MaskPruner):
     def check(cls, spec: PruneSpec) -> str | None:
         if (problem := super().check(spec)) is not None:
             return problem
-        n = spec.args.get("n_samples", 512)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            return f"n_samples = {n!r}: must be a positive integer"
+        if (problem := positive_int_problem(spec.args, "n_samples")) is not None:
+            return problem
         damp = spec.args.get("damp", 0.01)
         if (
             not isinstance(damp, int | float)

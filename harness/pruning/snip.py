@@ -16,7 +16,14 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from harness.pruning.base import MaskPruner, PruneContext, leaf_weight, prunable_modules, weight
+from harness.pruning.base import (
+    MaskPruner,
+    PruneContext,
+    leaf_weight,
+    positive_int_problem,
+    prunable_modules,
+    weight,
+)
 from harness.pruning.registry import register
 from harness.spec import PruneSpec
 
@@ -54,10 +61,8 @@ class SnipPruner(MaskPruner):
             return problem
         if spec.schedule != "oneshot":
             return f"schedule = {spec.schedule!r}: SNIP prunes once, at initialization"
-        for key in cls.arg_names:
-            value = spec.args.get(key, 1)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                return f"{key} = {value!r}: must be a positive integer"
+        if (problem := positive_int_problem(spec.args, *cls.arg_names)) is not None:
+            return problem
         return None
 
     def scores(self, model: nn.Module, ctx: PruneContext) -> Mapping[nn.Module, torch.Tensor]:

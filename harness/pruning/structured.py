@@ -14,7 +14,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from harness.pruning.base import PruneContext, Pruner, ignored_layers, ratio_of_remaining
+from harness.pruning.base import (
+    PruneContext,
+    Pruner,
+    ignored_layers,
+    module_names_problem,
+    positive_int_problem,
+    ratio_of_remaining,
+)
 from harness.pruning.registry import register
 from harness.spec import PruneSpec
 
@@ -38,10 +45,7 @@ class StructuredMagnitudePruner(Pruner):
         norm = spec.args.get("norm", 2)
         if norm not in (1, 2):
             return f"norm = {norm!r}: must be 1 or 2"
-        ignore = spec.args.get("ignore", [])
-        if not isinstance(ignore, list) or not all(isinstance(n, str) for n in ignore):
-            return f"ignore = {ignore!r}: must be a list of module names"
-        return None
+        return module_names_problem(spec.args)
 
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
         import torch_pruning as tp
@@ -93,14 +97,9 @@ class StructuredTaylorPruner(StructuredMagnitudePruner):
         # the generic key check of Pruner, not the parent's norm check
         if (problem := super(StructuredMagnitudePruner, cls).check(spec)) is not None:
             return problem
-        for key in ("batches", "batch_size"):
-            value = spec.args.get(key, 1)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                return f"{key} = {value!r}: must be a positive integer"
-        ignore = spec.args.get("ignore", [])
-        if not isinstance(ignore, list) or not all(isinstance(n, str) for n in ignore):
-            return f"ignore = {ignore!r}: must be a list of module names"
-        return None
+        return positive_int_problem(spec.args, "batches", "batch_size") or module_names_problem(
+            spec.args
+        )
 
     def importance(self, model: nn.Module, ctx: PruneContext) -> Any:
         import torch_pruning as tp
