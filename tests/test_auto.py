@@ -454,3 +454,17 @@ def test_digits_auto_beats_uniform_and_global_magnitude_without_finetuning() -> 
         auto_rates = list(rates["auto"].values())
         assert auto_rates[-1] < min(auto_rates[:-1])  # the small classifier is spared
         assert max(auto_rates) <= 0.98 + 1e-9
+
+
+@pytest.mark.parametrize("budget", ["flops", "energy"])
+def test_a_layer_the_forward_pass_never_reaches_is_named(budget: str) -> None:
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.spare = nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    with pytest.raises(ValueError, match=r"layer\(s\) spare not reached by a forward pass"):
+        weight_costs(Unused(), torch.zeros(2, 4), budget)

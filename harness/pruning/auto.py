@@ -58,7 +58,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from harness.pruning.base import MaskPruner, PruneContext, prunable_modules, weight
+from harness.pruning.base import MaskPruner, PruneContext, leaf_weight, prunable_modules, weight
 from harness.pruning.registry import register
 from harness.spec import PruneSpec
 
@@ -235,7 +235,7 @@ def _loss_pruned(
     model: nn.Module, module: nn.Module, s: float, X: torch.Tensor, y: torch.Tensor
 ) -> float:
     """The loss with ``module`` alone pruned to ``s`` by magnitude (restored afterwards)."""
-    leaf = _leaf(module)
+    leaf = leaf_weight(module)
     saved = leaf.detach().clone()
     keep = _magnitude_keep(module, round(s * weight(module).numel()))
     leaf.mul_(keep)  # under a mask, weight = weight_orig * mask is recomputed on forward
@@ -245,19 +245,12 @@ def _loss_pruned(
         leaf.copy_(saved)
 
 
-def _leaf(module: nn.Module) -> torch.Tensor:
-    param = module.weight_orig if hasattr(module, "weight_orig") else module.weight
-    if not isinstance(param, torch.Tensor):
-        raise TypeError(f"{type(module).__name__} has no weight tensor")
-    return param
-
-
 def _effective(module: nn.Module) -> torch.Tensor:
     """The masked weight recomputed from its parts (``module.weight`` is only refreshed on a
     forward pass, so it can lag behind ``weight_orig`` after an optimizer step)."""
     mask = getattr(module, "weight_mask", None)
     if isinstance(mask, torch.Tensor):
-        return (_leaf(module) * mask).detach()
+        return (leaf_weight(module) * mask).detach()
     return weight(module).detach()
 
 
@@ -287,52 +280,23 @@ def _magnitude_keep(module: nn.Module, n_prune: int) -> torch.Tensor:
 
 
 def weight_costs(model: nn.Module, example: torch.Tensor, budget: str) -> dict[str, float]:
-    """Cost of one nonzero weight of every prunable layer (see the module docstring)."""
+    """Cost of one nonzero weight of every prunable layer (see the module docstring): 1, its
+    MACs per inference (its output positions, from :func:`harness.energy.layer_traces`), or its
+    energy in pJ (:func:`harness.energy.weight_cost_pj`)."""
     layers = prunable_modules(model)
     if budget == "params":
         return {name: 1.0 for name, _ in layers}
-    if budget == "flops":
-        return _macs_per_weight(model, example[:1], layers)
-    if budget == "energy":
-        from harness.energy import weight_energy_pj
+    if budget not in BUDGETS:
+        raise ValueError(f"budget = {budget!r}: must be one of {', '.join(BUDGETS)}")
+    from harness.energy import layer_traces, weight_cost_pj
 
-        energy = weight_energy_pj(model, example[:1])
-        missing = [name for name, m in layers if m not in energy]
-        if missing:
-            raise ValueError(f"weight_energy_pj gave no energy for layer(s) {', '.join(missing)}")
-        return {name: float(energy[m]) for name, m in layers}
-    raise ValueError(f"budget = {budget!r}: must be one of {', '.join(BUDGETS)}")
-
-
-def _macs_per_weight(
-    model: nn.Module, example: torch.Tensor, layers: list[tuple[str, nn.Module]]
-) -> dict[str, float]:
-    """Output positions per sample of each layer: every weight is used once per position
-    (1 for ``Linear`` on flat input, the output length for ``Conv1d``, ``H * W`` for
-    ``Conv2d``)."""
-    positions: dict[str, float] = {}
-
-    def hook(name: str) -> Any:
-        def record(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            channels = output.shape[-1] if isinstance(module, nn.Linear) else output.shape[1]
-            positions[name] = output.numel() / len(output) / channels
-
-        return record
-
-    handles = [m.register_forward_hook(hook(name)) for name, m in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    unused = [name for name, _ in layers if name not in positions]
+    traces = layer_traces(model, example[:1])
+    unused = [name for name, m in layers if m not in traces]
     if unused:
         raise ValueError(f"layer(s) {', '.join(unused)} not reached by a forward pass")
-    return positions
+    if budget == "flops":
+        return {name: float(traces[m].positions) for name, m in layers}
+    return {name: weight_cost_pj(traces[m].positions) for name, m in layers}
 
 
 # --------------------------------------------------------------------------------------------

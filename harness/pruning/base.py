@@ -210,21 +210,44 @@ class MaskPruner(Pruner):
         return model
 
 
+def lowest_within_caps(
+    scores: Sequence[torch.Tensor], k: int, caps: Sequence[int]
+) -> list[list[int]]:
+    """Per group (layer), the sorted indices of its share of the ``k`` lowest scores over all
+    groups when group ``i`` gives up at most ``caps[i]`` entries: only each group's
+    ``caps[i]`` lowest scores compete (stable order within and across groups), and fewer than
+    ``k`` are taken if the caps allow fewer."""
+    eligible = []
+    for s, cap in zip(scores, caps, strict=True):
+        allowed = torch.zeros(s.numel(), dtype=torch.bool)
+        allowed[torch.argsort(s.flatten(), stable=True)[:cap]] = True
+        eligible.append(allowed)
+    if not eligible:
+        return []
+    flat = torch.cat([s.flatten() for s in scores])
+    ok = torch.cat(eligible)
+    chosen = torch.argsort(torch.where(ok, flat, torch.inf), stable=True)[: min(k, int(ok.sum()))]
+    out, offset = [], 0
+    for s in scores:
+        mine = chosen[(chosen >= offset) & (chosen < offset + s.numel())] - offset
+        out.append(sorted(mine.tolist()))
+        offset += s.numel()
+    return out
+
+
 def _keep_mask_capped(scores: list[torch.Tensor], target: float, cap: float) -> torch.Tensor:
     """Global :func:`_keep_mask` over the concatenated ``scores`` where no layer loses more than
-    ``round(cap * n)`` of its ``n`` weights: only each layer's lowest ``round(cap * n)`` scores
-    compete for the ``round(target * total)`` removals (fewer, if the caps allow fewer)."""
-    eligible = []
-    for s in scores:
-        allowed = torch.zeros_like(s, dtype=torch.bool)
-        allowed[torch.argsort(s, stable=True)[: round(cap * s.numel())]] = True
-        eligible.append(allowed)
-    flat, ok = torch.cat(scores), torch.cat(eligible)
-    n_prune = min(round(target * flat.numel()), int(ok.sum()))
-    order = torch.argsort(torch.where(ok, flat, torch.inf), stable=True)
-    keep = torch.ones_like(flat)
-    keep[order[:n_prune]] = 0
-    return keep
+    ``round(cap * n)`` of its ``n`` weights (:func:`lowest_within_caps`)."""
+    total = sum(s.numel() for s in scores)
+    plan = lowest_within_caps(
+        scores, round(target * total), [round(cap * s.numel()) for s in scores]
+    )
+    keep = []
+    for s, removed in zip(scores, plan, strict=True):
+        k = torch.ones_like(s)
+        k[removed] = 0
+        keep.append(k)
+    return torch.cat(keep)
 
 
 def _keep_mask(scores: torch.Tensor, target: float) -> torch.Tensor:

@@ -74,12 +74,14 @@ from harness.pruning.base import (
     PruneContext,
     Pruner,
     ignored_layers,
+    lowest_within_caps,
     module_names_problem,
     positive_int_problem,
     ratio_of_remaining,
     weight,
 )
 from harness.pruning.registry import register
+from harness.pruning.structured import accumulate_gradients
 from harness.spec import PruneSpec
 
 IMPORTANCES = ("magnitude", "taylor")
@@ -165,20 +167,6 @@ def _base_importance(kind: str) -> tp.importance.Importance:
     return tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
 
 
-def _taylor_gradients(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n: int, bs: int) -> None:
-    """Leave in ``.grad`` the gradient of the mean cross-entropy over the first ``n`` batches."""
-    was_training = model.training
-    model.eval()
-    model.zero_grad(set_to_none=True)
-    batches = [(X[s : s + bs], y[s : s + bs]) for s in range(0, min(len(X), n * bs), bs)]
-    if not batches:
-        raise ValueError("taylor importance needs training samples")
-    with torch.enable_grad():
-        for xb, yb in batches:
-            (nn.functional.cross_entropy(model(xb), yb) / len(batches)).backward()
-    model.train(was_training)
-
-
 @register
 class EnergyAwarePruner(Pruner):
     name = "energy-aware"
@@ -227,13 +215,15 @@ class EnergyAwarePruner(Pruner):
             return model
         kind = self.spec.args.get("importance", "magnitude")
         if kind == "taylor":
-            _taylor_gradients(
+            used = accumulate_gradients(
                 model,
                 torch.as_tensor(ctx.X_train, dtype=torch.float32),
                 torch.as_tensor(ctx.y_train, dtype=torch.long),
-                int(self.spec.args.get("batches", 8)),
-                int(self.spec.args.get("batch_size", 128)),
+                batches=int(self.spec.args.get("batches", 8)),
+                batch_size=int(self.spec.args.get("batch_size", 128)),
             )
+            if not used:
+                raise ValueError("taylor importance needs training samples")
         importance = EnergyAwareImportance(
             _base_importance(kind),
             layer_traces(model, ctx.example),
@@ -285,21 +275,11 @@ def _select_layer(scored: Sequence[_Scored], ratio: float) -> list[list[int]]:
 
 
 def _select_global(scored: Sequence[_Scored], ratio: float) -> list[list[int]]:
-    """Across layers: the ``N - int(N * (1 - ratio))`` lowest scores of all ``N`` units, taken in
-    ascending (stable) order, skipping units of layers whose cap is reached."""
-    if not scored:
-        return []
-    flat = torch.cat([item.scores for item in scored])
-    owner = torch.cat([torch.full((len(item.scores),), i) for i, item in enumerate(scored)])
-    local = torch.cat([torch.arange(len(item.scores)) for item in scored])
-    k = len(flat) - int(len(flat) * (1 - ratio))
-    plan: list[list[int]] = [[] for _ in scored]
-    taken = 0
-    for j in torch.argsort(flat, stable=True).tolist():
-        if taken == k:
-            break
-        i = int(owner[j])
-        if len(plan[i]) < scored[i].removable:
-            plan[i].append(int(local[j]))
-            taken += 1
-    return [sorted(p) for p in plan]
+    """Across layers: the ``N - int(N * (1 - ratio))`` lowest scores of all ``N`` units (stable
+    order), no layer beyond its cap."""
+    n = sum(len(item.scores) for item in scored)
+    return lowest_within_caps(
+        [item.scores for item in scored],
+        n - int(n * (1 - ratio)),
+        [item.removable for item in scored],
+    )
