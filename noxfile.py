@@ -66,9 +66,24 @@ def bench_sparse(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def calibrate(session: nox.Session) -> None:
-    """Calibrate the gate's policies: false alarms on noise reruns, detection of regressions."""
+    """Calibrate the gate's policies on seed noise and across hardware (numeric code paths)."""
     _install(session, "test")
     session.run("python", "benchmarks/calibrate.py", *session.posargs)
+    session.run("python", "benchmarks/calibrate_hw.py", *session.posargs)
+
+
+@nox.session(name="bench-numerics", default=False)
+def bench_numerics(session: nox.Session) -> None:
+    """What portable numerics cost: training and latency, pinned / native (ratios)."""
+    _install(session, "test")
+    session.run("python", "benchmarks/bench_numerics.py", *session.posargs)
+
+
+@nox.session(default=False)
+def tolerances(session: nox.Session) -> None:
+    """Derive the reference suites' tolerances from seed reruns (the noise floor)."""
+    _install(session, "test")
+    session.run("python", "benchmarks/tolerances.py", *session.posargs)
 
 
 @nox.session(default=False)

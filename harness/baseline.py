@@ -1,8 +1,9 @@
 """Baselines: ``baselines/<suite>/<case>.json``, written atomically, read back with validation.
 
 Format (UTF-8 JSON, sorted keys, indent 2): ``schema_version``, ``suite``, ``case``, ``spec_hash``,
-``env`` (python, torch, platform, cpu, threads, package versions), ``commit``, ``created`` and
-``metrics``: metric name -> ``{"folds": [...], "mean": x, "std": x}``.
+``env`` (python, torch, platform, cpu, threads, numerics mode, hardware fingerprint, package
+versions), ``commit``, ``created`` and ``metrics``: metric name ->
+``{"folds": [...], "mean": x, "std": x}``.
 """
 
 from __future__ import annotations
@@ -59,11 +60,13 @@ class Baseline:
 
     @classmethod
     def from_result(cls, result: CaseResult, *, threads: int) -> Baseline:
+        """The baseline a result would be stored as; its ``env`` is the one the result was
+        computed in (``result.env``), else this process's."""
         return cls(
             result.suite,
             result.case,
             result.spec_hash,
-            environment(threads),
+            dict(result.env) or environment(threads),
             git_commit(),
             dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             dict(result.metrics),
@@ -82,8 +85,13 @@ def _cpu_name() -> str:
 
 
 def environment(threads: int) -> dict[str, Any]:
-    """The fingerprint stored with a baseline; ``hardware`` decides whether latency compares."""
+    """The environment stored with a result and its baseline. ``hardware`` (architecture, CPU,
+    instruction-set level, numerics, torch build, threads) decides whether quality metrics are
+    expected to be bit-identical (:func:`harness.numerics.reproducible`); ``machine``, ``cpu``,
+    ``cpu_count`` and ``threads`` whether latencies compare (:func:`same_hardware`)."""
     import torch
+
+    from harness import numerics
 
     versions: dict[str, str | None] = {}
     for name in _PACKAGES:
@@ -91,14 +99,20 @@ def environment(threads: int) -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    cpu = _cpu_name()
+    git_version = getattr(torch.version, "git_version", "") or ""
+    build = f"{torch.__version__} ({git_version[:12]})" if git_version else torch.__version__
+    hardware = numerics.fingerprint(cpu=cpu, torch_build=build, threads=threads)
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(terse=True),
         "machine": platform.machine(),
-        "cpu": _cpu_name(),
+        "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "threads": threads,
+        "numerics": hardware["numerics"]["mode"],
+        "hardware": hardware,
         "packages": versions,
     }
 

@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-models", action="store_true", help="keep every fold's pruned state_dict"
     )
+    run.add_argument(
+        "--numerics",
+        choices=("portable", "native"),
+        default=None,
+        help="portable (default on x86-64: results reproduce across CPUs) or native kernels",
+    )
 
     sub.add_parser("methods", help="list the pruning techniques")
 
@@ -77,6 +83,12 @@ def _load(paths: Sequence[Path]) -> list[SuiteSpec]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness import numerics
+
+    state = numerics.configure(args.numerics)  # before torch is imported
+    print(f"numerics: {state.describe()}", flush=True)
+    if state.note:
+        print(f"note: {state.note}", flush=True)
     from harness import report, tracking
     from harness.baseline import BaselineError
     from harness.models import ModelError

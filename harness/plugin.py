@@ -34,8 +34,25 @@ def _uri(value: str) -> str:
     return value
 
 
+def _numerics_mode(value: str) -> str:
+    from harness.numerics import MODES
+
+    if value not in MODES:
+        raise pytest.UsageError(f"--harness-numerics={value}: must be one of {', '.join(MODES)}")
+    return value
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "prune-harness: pruning quality gate")
+    group.addoption(
+        "--harness-numerics",
+        metavar="MODE",
+        type=_numerics_mode,
+        default=None,
+        help="portable (default on x86-64: CPU code paths pinned to AVX2, results reproduce "
+        "across CPUs) or native (the machine's widest kernels)",
+    )
+    parser.addini("harness_numerics", "prune-harness numerics mode: portable or native", default="")
     group.addoption(
         "--harness-regen",
         action="store_true",
@@ -127,6 +144,31 @@ class HarnessPlugin:
 
         self.recorder.finish()
         report.write_step_summary(self.recorder.outcomes)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    """Set the numerics mode before conftest files (which may import torch) are loaded."""
+    from harness import numerics
+
+    mode = early_config.known_args_namespace.harness_numerics
+    if mode is None and (ini := early_config.getini("harness_numerics")):
+        try:
+            mode = numerics.check_mode(str(ini).strip(), "harness_numerics (ini)")
+        except numerics.NumericsError as err:
+            raise pytest.UsageError(str(err)) from None
+    numerics.configure(mode)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from harness import numerics
+
+    state = numerics.current()
+    return f"prune-harness: numerics {state.describe()}" + (
+        f" ({state.note})" if state.note else ""
+    )
 
 
 _PLUGIN_KEY = pytest.StashKey[HarnessPlugin]()

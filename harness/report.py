@@ -92,7 +92,20 @@ def terminal_lines(outcomes: Sequence[Outcome]) -> list[str]:
         f"{len(outcomes)} case(s): {len(outcomes) - n_bad} passed, {n_bad} failed "
         "(speedup: batch latency dense/pruned, same run)"
     )
+    lines.extend(hardware_lines(outcomes))
     return lines
+
+
+def hardware_lines(outcomes: Sequence[Outcome]) -> list[str]:
+    """One line per distinct machine difference between baselines and this run."""
+    from harness.gate import CROSS_HARDWARE_PREFIX
+
+    seen: dict[str, int] = {}
+    for o in outcomes:
+        for note in o.verdict.notes:
+            if note.startswith(CROSS_HARDWARE_PREFIX):
+                seen[note] = seen.get(note, 0) + 1
+    return [f"{n} case(s): {note}" for note, n in seen.items()]
 
 
 def markdown(outcomes: Sequence[Outcome]) -> str:
@@ -120,6 +133,13 @@ def case_markdown(outcome: Outcome) -> str:
     """One case: verdict, rule checks, and dense vs pruned for the headline metrics."""
     r, v = outcome.result, outcome.verdict
     out = [f"# {r.suite}::{r.case}: {v.status.value}", ""]
+    if numerics := (r.env.get("hardware") or {}).get("numerics"):
+        kernels = r.env.get("latency_kernels", "this process")
+        out += [
+            f"Numerics: {numerics.get('mode')} ({numerics.get('level')}) on "
+            f"{r.env.get('cpu', '?')}; latency measured in {kernels}.",
+            "",
+        ]
     if v.notes:
         out += [f"- {note}" for note in v.notes] + [""]
     out += ["| rule | reference | now | allowed | result |", "|---|---|---|---|---|"]

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from harness import metrics as M
+from harness import numerics
 from harness.data import Dataset, Fold, load_dataset, make_folds
 from harness.models import build
 from harness.power import measure_energy, rapl_counter
 from harness.pruning import PruneContext, create
 from harness.pruning.base import prunable_modules, schedule_targets, weight
-from harness.spec import CaseSpec, SuiteSpec
+from harness.spec import CaseSpec, LatencySpec, SuiteSpec
 from harness.training import fit, predict_logits
 
 
@@ -63,6 +64,7 @@ class CaseResult:
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # mean over folds
     pie: dict[str, Any] = field(default_factory=dict)  # exemplar ids, McNemar's b and c
     findings: list[dict[str, Any]] = field(default_factory=list)  # minimal failing inputs
+    env: dict[str, Any] = field(default_factory=dict)  # where it ran (harness.baseline.environment)
     pruned_states: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
 
     def value(self, name: str) -> float | None:
@@ -84,6 +86,7 @@ class CaseResult:
             "layer_sparsity": self.layer_sparsity,
             "pie": self.pie,
             "findings": self.findings,
+            "env": self.env,
         }
 
     @classmethod
@@ -102,6 +105,7 @@ class CaseResult:
             layer_sparsity=data["layer_sparsity"],
             pie=data["pie"],
             findings=data["findings"],
+            env=data.get("env", {}),
         )
 
 
@@ -285,17 +289,10 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
 
     dense_eval = cached.evaluation
     pruned_eval = _evaluate(pruned, fold, ds)
-    lat = M.measure_latency(
-        [dense, pruned],
-        fold.X_val,
-        batch=suite.latency.batch,
-        warmup=suite.latency.warmup,
-        repeats=suite.latency.repeats,
-    )
+    lat, uj = measure_speed([dense, pruned], fold.X_val, suite)
     dense_metrics = {**dense_eval.metrics, **lat[0].as_metrics()}
     pruned_metrics = {**pruned_eval.metrics, **lat[1].as_metrics()}
-    if (counter := rapl_counter()) is not None:  # measured energy where RAPL is readable
-        uj = measure_energy([dense, pruned], fold.X_val, batch=suite.latency.batch, counter=counter)
+    if uj is not None:  # measured energy where RAPL is readable
         dense_metrics["energy_measured_uj"], pruned_metrics["energy_measured_uj"] = uj
 
     out = {f"dense.{k}": v for k, v in dense_metrics.items()}
@@ -319,6 +316,38 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
         pruned,
         findings,
     )
+
+
+def measure_speed(
+    models: list[nn.Module], X: np.ndarray, suite: SuiteSpec, *, native_process: bool | None = None
+) -> tuple[list[M.Latency], tuple[float, ...] | None]:
+    """Latency (and RAPL energy where readable) of ``models``, measured with the machine's
+    native kernels: in this process, or, when this process is pinned below the CPU's own level
+    (portable numerics on an AVX-512 CPU), in a native child process (``native_process``
+    forces either way)."""
+    if native_process is None:
+        native_process = numerics.latency_needs_native_process()
+    if native_process:
+        return numerics.run_in("native", _measure_speed, models, X, suite.latency, suite.threads)
+    return _measure_speed(models, X, suite.latency, suite.threads)
+
+
+def _measure_speed(
+    models: list[nn.Module], X: np.ndarray, spec: LatencySpec, threads: int
+) -> tuple[list[M.Latency], tuple[float, ...] | None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        lat = M.measure_latency(
+            models, X, batch=spec.batch, warmup=spec.warmup, repeats=spec.repeats
+        )
+        counter = rapl_counter()
+        uj = None
+        if counter is not None:
+            uj = tuple(measure_energy(models, X, batch=spec.batch, counter=counter))
+        return lat, uj
+    finally:
+        torch.set_num_threads(old)
 
 
 def _finetune(model: nn.Module, case: CaseSpec, fold: Fold, dense: nn.Module, *, seed: int) -> None:
@@ -394,6 +423,12 @@ def run_case(suite: SuiteSpec, case: CaseSpec, *, keep_models: bool = False) -> 
     With ``keep_models`` the pruned ``state_dict`` of every fold is kept in
     ``CaseResult.pruned_states`` (not serialized).
     """
+    mode = suite.numerics
+    if mode is not None and mode != numerics.current().requested:
+        # the suite asks for other numerics than this process has: run it in a child of that mode
+        return numerics.run_in(mode, run_case, suite, case, keep_models=keep_models)
+    from harness.baseline import environment
+
     start = time.perf_counter()
     ds = load_dataset(suite.dataset, suite.dataset_args, suite.base_dir)
     folds: list[FoldResult] = []
@@ -436,5 +471,11 @@ def run_case(suite: SuiteSpec, case: CaseSpec, *, keep_models: bool = False) -> 
         layer_sparsity=layers,
         pie={k: pie[k] for k in ("ids", "mcnemar_b", "mcnemar_c")},
         findings=[f for fold in folds for f in fold.findings],
+        env={
+            **environment(suite.threads),
+            "latency_kernels": "native process"
+            if numerics.latency_needs_native_process()
+            else f"this process ({numerics.current().mode})",
+        },
         pruned_states=tuple(f.pruned.state_dict() for f in folds) if keep_models else (),
     )

@@ -24,6 +24,7 @@ SCHEDULES = ("oneshot", "iterative", "agp")
 SCOPES = ("global", "layer")
 RULE_KEYS = ("max_drop", "max_rel_drop", "min", "max")
 POLICIES = ("threshold", "significant", "non_inferior")
+NUMERICS_MODES = ("portable", "native")  # harness.numerics.MODES
 
 
 class SpecError(ValueError):
@@ -152,6 +153,7 @@ class SuiteSpec:
     gate: tuple[RuleSpec, ...] = ()
     edge: tuple[str, ...] = ()  # edge-case sets (harness.data.edge) for every case
     source: str = "<python>"
+    numerics: str | None = None  # "portable" | "native"; None: the session's (harness.numerics)
 
     @property
     def cv_seed(self) -> int:
@@ -448,6 +450,7 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
     _check_model(suite, model, model_args, dataset, dataset_args, base)
     seed = suite.take("seed", int, 0, _non_negative)
     threads = suite.take("threads", int, 1, _positive)
+    numerics = suite.take("numerics", str, None, _one_of(NUMERICS_MODES))
     suite.done()
 
     cv = top.sub("cv")
@@ -533,6 +536,7 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         gate=gate,
         edge=edge,
         source=source,
+        numerics=numerics,
     )
 
 

@@ -338,11 +338,7 @@ def decide(
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if not math.isfinite(margin):
-        raise ValueError(f"margin must be finite, got {margin}")
-    _sizes(n_train, n_test)
+    _decision_args(alpha, margin, n_train, n_test)
     w = np.asarray(worsening, dtype=float).ravel()
     if w.size == 0:
         raise ValueError("no worsening values")
@@ -391,11 +387,75 @@ def decide(
     return PolicyDecision(failed, reason, res)
 
 
+def noise_floor(
+    worsening: Sequence[float],
+    control: Sequence[float],
+    *,
+    margin: float,
+    alpha: float,
+    n_train: int,
+    n_test: int,
+) -> PolicyDecision:
+    """Judge a rule against a baseline from other hardware, with the dense model as the control.
+
+    The dense model of a case is trained from the same data, seed and spec in the baseline's run
+    and in this one, so on the same machine its metrics are bit-identical; on another machine
+    they differ by exactly what the machine does to training. ``control[i]`` is that difference
+    on fold ``i`` for the same metric of the dense model (this run minus the baseline's). Its
+    root mean square ``s`` estimates the per-fold hardware noise, and the allowance on the mean
+    is that of the corrected resampled t-test (Nadeau & Bengio 2003):
+
+    ``fail if mean(worsening) > margin + t_{1-alpha, k-1} * s * sqrt(1/k + n_test/n_train)``.
+
+    With no hardware noise (``s = 0``) this is the plain threshold at ``margin``, so detection is
+    not given away where the machine changes nothing; where it changes a lot, the allowance grows
+    with it. The bootstrap CI of the mean worsening is reported as for :func:`decide`.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two folds, lengths that differ, non-finite control values or margin, alpha
+        outside (0, 1), or ``n_train`` / ``n_test`` not positive.
+    """
+    _decision_args(alpha, margin, n_train, n_test)
+    w = np.asarray(worsening, dtype=float).ravel()
+    c = _finite(control, "control")
+    if w.size < 2 or w.size != c.size:
+        raise ValueError(
+            f"noise_floor needs >= 2 paired folds, got {w.size} worsening, {c.size} control"
+        )
+    if not np.all(np.isfinite(w)):
+        reason = f"noise_floor: FAIL, non-finite worsening {w.tolist()} (margin {margin:g})"
+        return PolicyDecision(True, reason, None)
+    k = w.size
+    noise = float(np.sqrt(np.mean(c**2)))
+    t_crit = float(_st.t.ppf(1.0 - alpha, k - 1))
+    allowance = t_crit * noise * math.sqrt(1.0 / k + n_test / n_train)
+    mean = float(np.mean(w))
+    failed = mean - (margin + allowance) > _tol(w)
+    low, high = bootstrap_ci(w.tolist(), confidence=CI_LEVEL)
+    reason = (
+        f"noise_floor: {'FAIL' if failed else 'pass'}, mean worsening {_g(mean)} "
+        f"{'>' if failed else '<='} margin {margin:g} + hardware noise allowance {_g(allowance)}"
+        f" (dense model's per-fold RMS change {_g(noise)}, t={_g(t_crit)}, alpha {alpha:g}; "
+        f"bootstrap {CI_LEVEL:.0%} CI [{_g(low)}, {_g(high)}])"
+    )
+    return PolicyDecision(failed, reason, None)
+
+
 def _finite(values: Sequence[float], name: str) -> np.ndarray:
     a = np.asarray(values, dtype=float).ravel()
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} must be finite, got {a.tolist()}")
     return a
+
+
+def _decision_args(alpha: float, margin: float, n_train: int, n_test: int) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if not math.isfinite(margin):
+        raise ValueError(f"margin must be finite, got {margin}")
+    _sizes(n_train, n_test)
 
 
 def _sizes(n_train: int, n_test: int) -> None:

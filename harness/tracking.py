@@ -242,6 +242,14 @@ def log_outcome(
     }
     if v.baseline_commit:
         tags["harness.baseline_commit"] = v.baseline_commit
+    hardware = r.env.get("hardware") or {}
+    if numerics := hardware.get("numerics"):
+        tags["harness.numerics"] = f"{numerics.get('mode')} ({numerics.get('level')})"
+        tags["harness.cpu"] = str(hardware.get("cpu", ""))[:250]
+    from harness.gate import CROSS_HARDWARE_PREFIX
+
+    cross = [n for n in v.notes if n.startswith(CROSS_HARDWARE_PREFIX)]
+    tags["harness.cross_hardware"] = "true" if cross else "false"
     case_run = client.create_run(experiment_id, run_name=f"{r.suite}::{r.case}", tags=tags)
     run_id = case_run.info.run_id
     metrics = []

@@ -49,3 +49,13 @@ def test_every_case_option_is_used_by_a_reference_case() -> None:
     assert any(c.distill is not None for c in cases)
     assert any(c.deploy == "csr" for c in cases)
     assert any(get(c.prune.method).at_init for c in cases)
+
+
+def test_every_committed_baseline_was_recorded_in_portable_numerics() -> None:
+    for suite, case in _cases():
+        baseline = BaselineStore(ROOT / "baselines").load(suite.name, case.name)
+        assert baseline is not None
+        hardware = baseline.env["hardware"]
+        assert baseline.env["numerics"] == "portable", f"{suite.name}::{case.name}"
+        assert hardware["numerics"]["level"] == "x86-64-v3"
+        assert hardware["numerics"]["user_set"] == [] and not hardware["numerics"]["late"]

@@ -1,0 +1,42 @@
+"""A worker process with other numerics than its parent (``harness.numerics.run_in``).
+
+It reads length-prefixed pickled calls ``(function, args, kwargs)`` from stdin and answers each
+with a pickled ``(ok, result or exception)`` on stdout; it ends when stdin closes. The pipe is
+private to the parent, which wrote both ends' code: nothing here reads files.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import sys
+
+_HEADER = struct.Struct("<Q")
+
+
+def main() -> None:
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # what the called code prints must not reach the protocol pipe
+    import harness  # noqa: F401  (configures numerics from the environment, before torch)
+
+    while True:
+        header = inp.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return
+        (size,) = _HEADER.unpack(header)
+        payload = inp.read(size)
+        try:
+            fn, args, kwargs = pickle.loads(payload)
+            answer: tuple[bool, object] = (True, fn(*args, **kwargs))
+        except Exception as err:  # the parent re-raises it
+            answer = (False, err)
+        try:
+            data = pickle.dumps(answer)
+        except Exception as err:
+            data = pickle.dumps((False, RuntimeError(f"result does not pickle: {err}")))
+        out.write(_HEADER.pack(len(data)) + data)
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
