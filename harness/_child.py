@@ -7,6 +7,7 @@ private to the parent, which wrote both ends' code: nothing here reads files.
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import sys
@@ -15,8 +16,12 @@ _HEADER = struct.Struct("<Q")
 
 
 def main() -> None:
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # what the called code prints must not reach the protocol pipe
+    inp = sys.stdin.buffer
+    # the protocol keeps the original stdout; anything else written to fd 1 (Python or C code,
+    # MKL_VERBOSE say) goes to stderr instead of corrupting it
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     import harness  # noqa: F401  (configures numerics from the environment, before torch)
 
     while True:

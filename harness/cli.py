@@ -86,9 +86,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness import numerics
 
     state = numerics.configure(args.numerics)  # before torch is imported
-    print(f"numerics: {state.describe()}", flush=True)
-    if state.note:
-        print(f"note: {state.note}", flush=True)
     from harness import report, tracking
     from harness.baseline import BaselineError
     from harness.models import ModelError
@@ -115,6 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     )
     recorder = Recorder(settings, tracker)
+    print(f"numerics: {state.describe()}", flush=True)
+    if state.note:
+        print(f"note: {state.note}", flush=True)
     for suite, case in selected:
         hint = f"`prune-harness run {suite.source} --case {case.name} --regen`"
         try:

@@ -200,7 +200,7 @@ def configure(mode: str | None = None, *, environ: dict[str, str] | None = None)
         return _state
     requested = check_mode(mode or env.get(ENV_MODE) or "portable", ENV_MODE)
     ours = {v for v in env.get(ENV_PINNED, "").split(",") if v}
-    user = {k for k in PINS if k in env and k not in ours}
+    user = {k for k in VARIABLES if k in env and k not in ours}
     level = host_level()
     reason = portable_possible(level) if requested == "portable" else ""
     pin = requested == "portable" and not reason

@@ -120,6 +120,8 @@ def markdown(outcomes: Sequence[Outcome]) -> str:
         row = list(vars(_row(o)).values())
         row[1] = ("✅ " if o.verdict.ok else "❌ ") + row[1]
         out.append("| " + " | ".join(row) + " |")
+    if hardware := hardware_lines(outcomes):
+        out += [""] + [f"> {line}" for line in hardware]
     bad = [o for o in _ordered(outcomes) if not o.verdict.ok]
     if bad:
         out += ["", "### Failures", ""]

@@ -341,3 +341,18 @@ def test_cli_records_the_numerics_mode(tiny_project: pytest.Pytester) -> None:
         [*cmd, "--numerics", "fast"], cwd=tiny_project.path, env=env, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "invalid choice: 'fast'" in bad.stderr
+
+
+def _noisy() -> str:
+    os.write(1, b"written to fd 1 by C code\n")
+    print("printed by Python")
+    return "answer"
+
+
+def test_output_of_the_called_code_does_not_break_the_child_protocol() -> None:
+    child = Child("native")
+    try:
+        assert child.call(_noisy) == "answer"
+        assert child.call(_noisy) == "answer"
+    finally:
+        child.close()
