@@ -18,13 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.numerics import MODES as NUMERICS_MODES
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine", "step", "onecycle", "plateau")
 SCHEDULES = ("oneshot", "iterative", "agp")
 SCOPES = ("global", "layer")
 RULE_KEYS = ("max_drop", "max_rel_drop", "min", "max")
 POLICIES = ("threshold", "significant", "non_inferior")
-NUMERICS_MODES = ("portable", "native")  # harness.numerics.MODES
 
 
 class SpecError(ValueError):
