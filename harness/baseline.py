@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import secrets
+import statistics
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from harness._util import name_problem
 from harness.runner import CaseResult, MetricSummary
 
 SCHEMA_VERSION = 1
@@ -137,14 +140,36 @@ def git_commit() -> str:
     return os.environ.get("GITHUB_SHA") or git("rev-parse", "HEAD") or "unknown"
 
 
+OBTAINED = ".obtained"  # <root>/.obtained/<suite>/<case>.json: no suite name starts with "."
+
+
 class BaselineStore:
-    """Reads and writes ``<root>/<suite>/<case>.json``."""
+    """Reads and writes ``<root>/<suite>/<case>.json``; results that failed their baseline go
+    to ``<root>/.obtained/<suite>/<case>.json``, a namespace no suite or case name can reach."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     def path(self, suite: str, case: str) -> Path:
-        return self.root / suite / f"{case}.json"
+        """The baseline file of a case; raises :class:`BaselineError` for a name that breaks
+        the naming rule or a path that resolves outside the root (a symlinked directory)."""
+        return self._inside(self.root, suite, case)
+
+    def obtained_path(self, suite: str, case: str) -> Path:
+        return self._inside(self.root / OBTAINED, suite, case)
+
+    def _inside(self, base: Path, suite: str, case: str) -> Path:
+        for kind, name in (("suite", suite), ("case", case)):
+            if (problem := name_problem(name)) is not None:
+                raise BaselineError(f"{self.root}: {kind} name {name!r}: {problem}")
+        path = base / suite / f"{case}.json"
+        root = self.root.resolve()
+        if not path.resolve().is_relative_to(root):
+            raise BaselineError(
+                f"{path}: resolves to {path.resolve()}, outside {root} (a symbolic link?); "
+                "baselines are only written inside the baseline directory"
+            )
+        return path
 
     def load(self, suite: str, case: str) -> Baseline | None:
         """The stored baseline, or None if there is none; raises :class:`BaselineError`."""
@@ -164,15 +189,13 @@ class BaselineStore:
         return path
 
     def save_obtained(self, baseline: Baseline) -> Path:
-        """Write the new results next to the baseline (``<case>.obtained.json``) for review."""
-        path = self.path(baseline.suite, baseline.case).with_suffix(".obtained.json")
+        """Write the new results for review to ``<root>/.obtained/<suite>/<case>.json``."""
+        path = self.obtained_path(baseline.suite, baseline.case)
         write_json_atomic(path, baseline.to_dict())
         return path
 
     def list(self) -> list[Path]:
-        return sorted(
-            p for p in self.root.glob("*/*.json") if not p.name.endswith(".obtained.json")
-        )
+        return sorted(p for p in self.root.glob("*/*.json") if not p.parent.name.startswith("."))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -203,11 +226,14 @@ def _parse(data: Any, path: Path) -> Baseline:
     if not isinstance(data, dict):
         raise bad("<root>", type(data).__name__, "must be a JSON object")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or isinstance(version, bool):
         raise bad("schema_version", version, f"expected {SCHEMA_VERSION}")
     for key in ("suite", "case", "spec_hash", "commit", "created"):
         if not isinstance(data.get(key), str):
             raise bad(key, data.get(key), "must be a string")
+    for key, expected in (("suite", path.parent.name), ("case", path.stem)):
+        if data[key] != expected:
+            raise bad(key, data[key], f"does not match the file's location (expected {expected!r})")
     if not isinstance(data.get("env"), dict):
         raise bad("env", data.get("env"), "must be an object")
     raw = data.get("metrics")
@@ -221,7 +247,14 @@ def _parse(data: Any, path: Path) -> Baseline:
             and all(_is_number(v) for v in [*m["folds"], m.get("mean"), m.get("std")])
         ):
             raise bad(f"metrics.{name}", m, 'must be {"folds": [numbers], "mean": x, "std": x}')
-        metrics[name] = MetricSummary.from_dict(m)
+        summary = MetricSummary.from_dict(m)
+        if not all(math.isfinite(v) for v in (*summary.folds, summary.mean, summary.std)):
+            raise bad(f"metrics.{name}", m, "numbers must be finite")
+        if summary.folds and not math.isclose(
+            summary.mean, statistics.fmean(summary.folds), rel_tol=1e-9, abs_tol=1e-12
+        ):
+            raise bad(f"metrics.{name}.mean", summary.mean, "is not the mean of its folds")
+        metrics[name] = summary
     return Baseline(
         data["suite"],
         data["case"],

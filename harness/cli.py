@@ -6,10 +6,13 @@ Exit status: 0 all cases passed, 1 a case failed the gate, 2 bad input (one line
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from harness._util import redact
 
 if TYPE_CHECKING:
     from harness.spec import SuiteSpec
@@ -116,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if state.note:
         print(f"note: {state.note}", flush=True)
     for suite, case in selected:
-        hint = f"`prune-harness run {suite.source} --case {case.name} --regen`"
+        hint = f"`prune-harness run {shlex.quote(suite.source)} --case {case.name} --regen`"
         try:
             outcome = check_case(suite, case, settings, regen_hint=hint)
         except (BaselineError, ModelError) as err:
@@ -188,7 +191,7 @@ def cmd_mlflow_sync(args: argparse.Namespace) -> int:
     try:
         done = tracking.sync_outbox(uri, outbox)
     except Exception as err:  # the store itself is unreachable
-        raise UsageError(f"MLflow at {uri}: {tracking.describe_failure(err)}") from None
+        raise UsageError(f"MLflow at {redact(uri)}: {tracking.describe_failure(err)}") from None
     for line in done.failed:
         print(f"failed: {line}", file=sys.stderr)
     print(
@@ -211,7 +214,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             run_b = tracking.latest_session(client, experiment_id, args.branch)
             if run_b is None:
                 raise UsageError(
-                    f"--branch {args.branch!r}: no session run of that branch in {uri}"
+                    f"--branch {args.branch!r}: no session run of that branch in {redact(uri)}"
                 )
             side_b = tracking.case_metrics(client, run_b)
             store = BaselineStore(args.baselines)
@@ -227,7 +230,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except UsageError:
         raise
     except Exception as err:
-        raise UsageError(f"MLflow at {uri}: {tracking.describe_failure(err)}") from None
+        raise UsageError(f"MLflow at {redact(uri)}: {tracking.describe_failure(err)}") from None
     metrics = None if args.all else (args.metric or list(report.COMPARE_METRICS))
     print("\n".join(report.compare_lines(side_a, side_b, labels, metrics)))
     return 0

@@ -19,6 +19,7 @@ EPS = 1e-12
 CROSS_HARDWARE_POLICY = "noise_floor"  # harness.stats.noise_floor
 CROSS_HARDWARE_ALPHA = 0.05
 CROSS_HARDWARE_PREFIX = "hardware differs from the baseline's"
+MISSING_IN_BASELINE = "missing in the baseline"  # Check.note of a gated metric the baseline lacks
 
 
 class Status(Enum):
@@ -149,8 +150,18 @@ class Rule:
                 if self.ref.hardware_bound and hardware_note:
                     return self._skip(baseline.value(name), now, hardware_note)
                 reference = baseline.value(name)
-                if reference is None:
-                    return self._skip(None, now, f"{name} is not in the baseline (--harness-regen)")
+                if reference is None:  # an edited baseline, or one older than the rule
+                    return Check(
+                        self.key,
+                        name,
+                        None,
+                        now,
+                        "a baseline value",
+                        self.describe(),
+                        False,
+                        MISSING_IN_BASELINE,
+                        f"the baseline has no {name}",
+                    )
                 ref_folds = baseline.metrics[name].folds
             higher = self.ref.direction is Direction.HIGHER
             sign = 1 if higher else -1
@@ -358,7 +369,9 @@ def evaluate(
     elif failed:
         status = Status.REGRESSED
         if any(
-            c.passed is False and c.reference is not None and not c.key.startswith("vs_dense.")
+            c.passed is False
+            and (c.reference is not None or c.note == MISSING_IN_BASELINE)
+            and not c.key.startswith("vs_dense.")
             for c in checks
         ):
             if cross:

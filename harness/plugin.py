@@ -8,6 +8,7 @@ when a suite is collected or a case result is recorded, so importing this plugin
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -278,7 +279,12 @@ def _check(config: pytest.Config, suite: SuiteSpec, case: CaseSpec, nodeid: str)
     from harness.session import check_case
 
     settings = config.stash[_SETTINGS_KEY]
-    return check_case(suite, case, settings, regen_hint=f"`pytest '{nodeid}' --harness-regen`")
+    return check_case(suite, case, settings, regen_hint=regen_hint(nodeid))
+
+
+def regen_hint(nodeid: str) -> str:
+    """The command that rewrites one case's baseline, quoted for a POSIX shell."""
+    return f"`pytest {shlex.quote(nodeid)} --harness-regen`"
 
 
 def _properties(outcome: Outcome) -> list[tuple[str, Any]]:

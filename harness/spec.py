@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness._util import name_problem
 from harness.numerics import MODES as NUMERICS_MODES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -435,8 +436,8 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
     top = _Table(data, source, "")
     suite = top.sub("suite")
     name = suite.take("name", str, Path(source).stem if not source.startswith("<") else "suite")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise suite.fail("name", name, "use letters, digits, '-', '_', '.' only")
+    if (problem := name_problem(name)) is not None:
+        raise suite.fail("name", name, problem)
     dataset = suite.take("dataset", str)
     dataset_args = suite.take("dataset_args", dict, {})
     base = Path(source).parent if not source.startswith("<") else Path.cwd()
@@ -504,8 +505,8 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         label = raw.get("name", i) if isinstance(raw, dict) else i
         table = _Table(raw, source, f"case[{label}]")
         case_name = table.take("name", str)
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", case_name):
-            raise table.fail("name", case_name, "use letters, digits, '-', '_', '.' only")
+        if (problem := name_problem(case_name)) is not None:
+            raise table.fail("name", case_name, problem)
         if any(c.name == case_name for c in cases):
             raise table.fail("name", case_name, "duplicate case name")
         prune = _prune(table.sub("prune"))

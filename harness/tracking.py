@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness._util import redact
+
 if TYPE_CHECKING:
     from harness.session import Outcome
 
@@ -80,7 +82,10 @@ class MlflowTracker(Tracker):
     ) -> None:
         super().__init__()
         self.uri, self.outbox = uri, outbox
-        self.session = _Session(uuid.uuid4().hex, session_name, {**source_tags(), **(tags or {})})
+        self.shown_uri = redact(uri)  # what is printed and stored: never the password
+        self.session = _Session(
+            uuid.uuid4().hex, redact(session_name), {**source_tags(), **(tags or {})}
+        )
         self.client: Any = None
         self.experiment_id = ""
         self.session_run: str | None = None
@@ -115,8 +120,9 @@ class MlflowTracker(Tracker):
             except Exception as err:  # any failure of the store: keep the results, go on
                 self.broken = describe_failure(err)
                 self.messages.append(
-                    f"MLflow at {self.uri} failed ({self.broken}); results are kept in "
-                    f"{self.outbox}/ (replay: prune-harness mlflow-sync --mlflow-uri {self.uri})"
+                    f"MLflow at {self.shown_uri} failed ({self.broken}); results are kept in "
+                    f"{self.outbox}/ (replay: prune-harness mlflow-sync --mlflow-uri "
+                    f"{self.shown_uri})"
                 )
         self._to_outbox(outcome)
 
@@ -129,7 +135,7 @@ class MlflowTracker(Tracker):
         self.outbox.mkdir(parents=True, exist_ok=True)
         path = self.outbox / f"{int(time.time())}-{name}.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record), encoding="utf-8")
+        tmp.write_text(redact(json.dumps(record)), encoding="utf-8")
         tmp.replace(path)
 
     def close(self, passed: bool) -> None:
@@ -141,10 +147,13 @@ class MlflowTracker(Tracker):
         try:
             end_session(self.client, self.session_run, passed)
         except Exception as err:
-            self.messages.append(f"MLflow at {self.uri}: could not close the session run ({err})")
+            self.messages.append(
+                f"MLflow at {self.shown_uri}: could not close the session run "
+                f"({describe_failure(err)})"
+            )
             return
         self.messages.append(
-            f"results logged to MLflow at {self.uri} "
+            f"results logged to MLflow at {self.shown_uri} "
             f"(experiment {EXPERIMENT!r}, run {self.session_run})"
         )
 
@@ -184,7 +193,7 @@ def connect(uri: str) -> tuple[Any, str]:
 
 def describe_failure(err: Exception) -> str:
     """One line for a failed store operation; credentials problems say which variables to set."""
-    text = " ".join(str(err).split())
+    text = redact(" ".join(str(err).split()))
     for code in ("401", "403"):
         if f"error code {code}" in text or f" {code} " in f" {text} " or "Unauthorized" in text:
             return (

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
+import re
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +105,9 @@ def test_save_leaves_no_temporary_files(tmp_path: Path) -> None:
     store.save(_baseline())
     store.save(_baseline(commit="second"))  # overwrite in place
     obtained = store.save_obtained(_baseline())
-    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == [
-        "mag-50.json",
-        "mag-50.obtained.json",
-    ]
-    assert obtained.name == "mag-50.obtained.json"
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["mag-50.json"]
+    assert obtained == tmp_path / ".obtained" / "tiny" / "mag-50.json"
+    assert sorted(p.name for p in obtained.parent.iterdir()) == ["mag-50.json"]
     assert store.list() == [tmp_path / "tiny" / "mag-50.json"]  # .obtained is not a baseline
     loaded = store.load("tiny", "mag-50")
     assert loaded is not None and loaded.commit == "second"
@@ -277,3 +278,75 @@ def test_same_hardware() -> None:
     for key, value in (("cpu", "Another CPU"), ("machine", "riscv"), ("cpu_count", 999)):
         assert not same_hardware(env, {**env, key: value})
     assert not same_hardware(env, {})
+
+
+def test_an_obtained_file_cannot_overwrite_another_cases_baseline(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    other = store.save(_baseline(case="mag-50.obtained"))  # a valid case name
+    before = other.read_bytes()
+    store.save_obtained(_baseline())  # case mag-50 failed its baseline
+    assert other.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "suite, case",
+    [
+        ("..", "package"),
+        ("tiny", ".."),
+        ("tiny", "../x"),
+        (".hidden", "a"),
+        ("tiny", "-k"),
+        ("tiny", "a" * 101),
+    ],
+)
+def test_names_that_could_leave_the_directory_are_refused(
+    tmp_path: Path, suite: str, case: str
+) -> None:
+    store = BaselineStore(tmp_path / "baselines")
+    with pytest.raises(BaselineError, match=r"name .*: use a letter or digit"):
+        store.save(_baseline(suite=suite, case=case))
+    assert list(tmp_path.rglob("*.json")) == []
+
+
+def test_a_symlinked_directory_is_not_written_through(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "baselines").mkdir()
+    (tmp_path / "baselines" / "tiny").symlink_to(outside, target_is_directory=True)
+    store = BaselineStore(tmp_path / "baselines")
+    with pytest.raises(BaselineError, match=r"outside .* symbolic link"):
+        store.save(_baseline())
+    with pytest.raises(BaselineError, match="outside"):
+        store.load("tiny", "mag-50")
+    assert list(outside.iterdir()) == []
+
+
+def test_temporary_and_obtained_files_are_ignored_by_git() -> None:
+    root = Path(__file__).resolve().parents[1]
+    paths = [
+        "baselines/digits-mlp/.magnitude-90.json.123.abcd1234.tmp",
+        "baselines/.obtained/digits-mlp/magnitude-90.json",
+    ]
+    out = subprocess.run(["git", "check-ignore", *paths], cwd=root, capture_output=True, text=True)
+    assert out.stdout.split() == paths
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda d: d.update(schema_version=True), "schema_version = True: expected 1"),
+        (lambda d: d["metrics"]["pruned.f1_macro"].update(mean=-math.inf), "must be finite"),
+        (lambda d: d["metrics"]["pruned.f1_macro"].update(mean=0.5), "is not the mean of its"),
+        (lambda d: d.update(case="other"), "case = 'other': does not match the file's location"),
+        (lambda d: d.update(suite="other"), "suite = 'other': does not match the file's"),
+    ],
+)
+def test_edited_baselines_are_refused_in_one_line(tmp_path: Path, edit: Any, problem: str) -> None:
+    store = BaselineStore(tmp_path)
+    path = store.save(_baseline())
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))  # json writes -Infinity as it is
+    with pytest.raises(BaselineError, match=re.escape(problem)) as err:
+        store.load("tiny", "mag-50")
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)

@@ -46,7 +46,9 @@ def test_lifecycle_create_pass_regress_fail_regen_pass(tiny_project: pytest.Pyte
     # 4. a baseline value raised by 0.05 makes the case fail and name the metric
     path = _baseline(p, "mag-50")
     data = json.loads(path.read_text())
-    data["metrics"]["pruned.f1_macro"]["mean"] += 0.05
+    raised = data["metrics"]["pruned.f1_macro"]  # folds and mean, consistently
+    raised["folds"] = [v + 0.05 for v in raised["folds"]]
+    raised["mean"] += 0.05
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
     res = p.runpytest("suites", NO_MLFLOW)
     res.assert_outcomes(passed=1, failed=1)
@@ -58,7 +60,7 @@ def test_lifecycle_create_pass_regress_fail_regen_pass(tiny_project: pytest.Pyte
         ]
     )
     res.stdout.no_fnmatch_line("pruned.accuracy:*")  # only the regressed metric is named
-    assert path.with_suffix(".obtained.json").exists()
+    assert (path.parents[1] / ".obtained" / "tiny" / "mag-50.json").exists()
 
     # 5. regen restores it, with identical metric values (determinism)
     p.runpytest("suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=2)
@@ -69,7 +71,7 @@ def test_lifecycle_create_pass_regress_fail_regen_pass(tiny_project: pytest.Pyte
     path.unlink()
     res = p.runpytest("suites", NO_MLFLOW, "-k", "mag-50")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines(["*pytest 'suites/tiny.toml::mag-50' --harness-regen*"])
+    res.stdout.fnmatch_lines(["*pytest suites/tiny.toml::mag-50 --harness-regen*"])
 
 
 def test_spec_change_is_detected(tiny_project: pytest.Pytester) -> None:
@@ -162,11 +164,15 @@ def test_mlflow_sqlite_store_has_nested_runs(tiny_project: pytest.Pytester, work
         assert all("pruned.f1_macro" in f.data.metrics for f in folds)
 
 
-def test_unreachable_mlflow_keeps_results_in_outbox(
-    tiny_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def fast_failing_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unreachable tracking server fails at once instead of after minutes of retries."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+
+
+@pytest.mark.usefixtures("fast_failing_mlflow")
+def test_unreachable_mlflow_keeps_results_in_outbox(tiny_project: pytest.Pytester) -> None:
     p = tiny_project
     res = p.runpytest("suites", "--harness-regen", "--harness-mlflow-uri", "http://127.0.0.1:9")
     res.assert_outcomes(passed=2)  # the verdict does not depend on tracking
@@ -179,6 +185,33 @@ def test_unreachable_mlflow_keeps_results_in_outbox(
     }
     assert [r["passed"] for r in records if "outcome" not in r] == [True]  # the session's end
     assert len(files) == 3
+
+
+@pytest.mark.usefixtures("fast_failing_mlflow")
+def test_credentials_in_the_tracking_uri_are_never_printed_or_stored(
+    tiny_project: pytest.Pytester,
+) -> None:
+    p = tiny_project
+    uri = "http://alice:s3cr3t-pw@127.0.0.1:9"
+    res = p.runpytest("suites", "--harness-regen", "-k", "struct-30", "--harness-mlflow-uri", uri)
+    res.assert_outcomes(passed=1)
+    out = res.stdout.str() + res.stderr.str()
+    assert "s3cr3t-pw" not in out
+    assert "MLflow at http://alice:***@127.0.0.1:9 failed" in out
+    files = list((p.path / ".harness" / "outbox").glob("*.json"))
+    assert files and not any("s3cr3t-pw" in f.read_text() for f in files)
+    session = json.loads(files[0].read_text())["session"]
+    assert "http://alice:***@127.0.0.1:9" in session["name"]
+
+
+def test_redact_keeps_the_user_and_hides_the_password() -> None:
+    from harness._util import redact
+
+    assert (
+        redact("at https://u:p@h:5000/x and sqlite:///a.db")
+        == "at https://u:***@h:5000/x and sqlite:///a.db"
+    )
+    assert redact("http://host:5000") == "http://host:5000"
 
 
 def test_default_store_is_sqlite_in_rootdir(
@@ -258,3 +291,16 @@ def test_importing_the_plugin_is_cheap() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "nodeid", ["suites/tiny.toml::mag-50", "suites/$(touch pwned).toml::a", "suites/it's.toml::a"]
+)
+def test_the_regen_hint_is_one_shell_word_whatever_the_path(nodeid: str) -> None:
+    import shlex
+
+    from harness.plugin import regen_hint
+
+    hint = regen_hint(nodeid)
+    assert hint.startswith("`") and hint.endswith("`")
+    assert shlex.split(hint.strip("`")) == ["pytest", nodeid, "--harness-regen"]

@@ -260,12 +260,19 @@ def test_vs_dense_without_dense_metric_is_skipped() -> None:
     assert check.passed is None and check.note == "dense.f1_macro was not measured"
 
 
-def test_metric_not_measured_or_not_in_baseline_is_skipped() -> None:
+def test_metric_not_measured_is_skipped_but_missing_in_the_baseline_fails() -> None:
     rule = RuleSpec("pruned.f1_macro", max_drop=0.01)
     missing = _check(rule, {"pruned.accuracy": 0.5}, {"pruned.f1_macro": 0.5})
     assert missing.passed is None and missing.note == "pruned.f1_macro was not measured"
     not_in_base = _check(rule, {"pruned.f1_macro": 0.5}, {"pruned.accuracy": 0.5})
-    assert not_in_base.passed is None and "--harness-regen" in not_in_base.note
+    assert not_in_base.passed is False  # an edited baseline cannot switch a rule off
+    assert not_in_base.line() == (
+        "pruned.f1_macro: now 0.5000, allowed a baseline value "
+        "(max_drop 0.01 vs baseline; the baseline has no pruned.f1_macro)"
+    )
+    verdict = _evaluate({"pruned.f1_macro": 0.5}, _baseline({}), rule)  # "metrics": {}
+    assert verdict.status is Status.REGRESSED
+    assert any(HINT in n for n in verdict.notes)
     assert _check(rule, {"pruned.f1_macro": 0.5}, None).note == "no baseline"
 
 

@@ -1140,3 +1140,16 @@ def test_cli_methods_lists_the_techniques(capsys: pytest.CaptureFixture[str]) ->
         assert f"({get(name).reference})" in techniques
     for key in ('schedule = "agp"', 'schedule = "iterative"', "distill", 'deploy = "csr"'):
         assert key in options
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "-k", "a" * 101])
+def test_suite_and_case_names_cannot_leave_their_directory(tmp_path: Path, name: str) -> None:
+    for key in (("suite", "name"), ("case", 0, "name")):
+        with pytest.raises(SpecError, match=r"name = .*: use a letter or digit, then letters"):
+            suite_from_dict(_with({key: name}))
+
+
+def test_a_file_stem_that_is_not_a_name_is_refused(tmp_path: Path) -> None:
+    data = _with({("suite", "name"): DELETE})
+    with pytest.raises(SpecError, match=r"suite.name = '\.\.': use a letter or digit"):
+        load_suite(write_suite(tmp_path, data, "...toml"))

@@ -1,0 +1,29 @@
+"""Small shared rules with no dependencies."""
+
+from __future__ import annotations
+
+import re
+
+NAME_MAX = 100  # characters: leaves room for ".json" and a temporary file's prefix and suffix
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NAME_RULE = (
+    f"a letter or digit, then letters, digits, '-', '_', '.' (at most {NAME_MAX} characters)"
+)
+
+
+def name_problem(value: str) -> str | None:
+    """Why ``value`` cannot name a suite or a case (a file and directory under ``baselines/``),
+    or None. One rule for both: it cannot be ``.``, ``..``, hidden, an option (``-k``) or too
+    long for a file name, so a name never leaves its directory."""
+    if not _NAME.fullmatch(value) or len(value) > NAME_MAX:
+        return f"use {NAME_RULE}"
+    return None
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` replaced by
+    ``***``: for every URI the harness prints, logs or stores."""
+    return _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
