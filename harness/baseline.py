@@ -12,20 +12,18 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import secrets
 import statistics
 import subprocess
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from harness._util import name_problem
+from harness.provenance import environment
 from harness.runner import CaseResult, MetricSummary
 
 SCHEMA_VERSION = 1
-_PACKAGES = ("numpy", "scikit-learn", "scipy", "torch-pruning", "prune-harness")
 
 
 class BaselineError(ValueError):
@@ -75,49 +73,6 @@ class Baseline:
             dict(result.metrics),
             pie_ids=tuple(result.pie.get("ids", ())),
         )
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(threads: int) -> dict[str, Any]:
-    """The environment stored with a result and its baseline. ``hardware`` (architecture, CPU,
-    instruction-set level, numerics, torch build, threads) decides whether quality metrics are
-    expected to be bit-identical (:func:`harness.numerics.reproducible`); ``machine``, ``cpu``,
-    ``cpu_count`` and ``threads`` whether latencies compare (:func:`same_hardware`)."""
-    import torch
-
-    from harness import numerics
-
-    versions: dict[str, str | None] = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    cpu = _cpu_name()
-    git_version = getattr(torch.version, "git_version", "") or ""
-    build = f"{torch.__version__} ({git_version[:12]})" if git_version else torch.__version__
-    hardware = numerics.fingerprint(cpu=cpu, torch_build=build, threads=threads)
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(terse=True),
-        "machine": platform.machine(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "numerics": hardware["numerics"]["mode"],
-        "hardware": hardware,
-        "packages": versions,
-    }
 
 
 def same_hardware(a: dict[str, Any], b: dict[str, Any]) -> bool:

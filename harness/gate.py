@@ -327,7 +327,7 @@ def evaluate(
     """
     env = result.env
     if not env:  # a result made without its environment: this process's
-        from harness.baseline import environment
+        from harness.provenance import environment
 
         env = environment(threads)
     hardware_note = ""

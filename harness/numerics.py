@@ -41,6 +41,7 @@ import atexit
 import os
 import pickle
 import platform
+import struct
 import subprocess
 import sys
 import threading
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+FRAME = struct.Struct("<Q")  # the length prefix of a message to and from harness._child
 
 MODES = ("portable", "native")
 ENV_MODE = "PRUNE_HARNESS_NUMERICS"  # portable | native; the mode of this process and children
@@ -333,18 +335,16 @@ class Child:
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the child; its exceptions propagate."""
-        from harness._child import _HEADER
-
         data = pickle.dumps((fn, args, kwargs))
         assert self.proc.stdin is not None and self.proc.stdout is not None
         with self.lock:
             try:
-                self.proc.stdin.write(_HEADER.pack(len(data)) + data)
+                self.proc.stdin.write(FRAME.pack(len(data)) + data)
                 self.proc.stdin.flush()
-                header = self.proc.stdout.read(_HEADER.size)
-                if len(header) < _HEADER.size:
+                header = self.proc.stdout.read(FRAME.size)
+                if len(header) < FRAME.size:
                     raise EOFError("no answer")
-                (size,) = _HEADER.unpack(header)
+                (size,) = FRAME.unpack(header)
                 payload = self.proc.stdout.read(size)
                 if len(payload) < size:
                     raise EOFError("truncated answer")

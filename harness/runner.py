@@ -427,7 +427,7 @@ def run_case(suite: SuiteSpec, case: CaseSpec, *, keep_models: bool = False) -> 
     if mode is not None and mode != numerics.current().requested:
         # the suite asks for other numerics than this process has: run it in a child of that mode
         return numerics.run_in(mode, run_case, suite, case, keep_models=keep_models)
-    from harness.baseline import environment
+    from harness.provenance import environment
 
     start = time.perf_counter()
     ds = load_dataset(suite.dataset, suite.dataset_args, suite.base_dir)
