@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import re
 
+
+class HarnessError(ValueError):
+    """A problem with what the user gave (a suite, a model, data, a baseline) or with where
+    results go: its message is one line naming the file, key and value. The plugin prints it as
+    the case's failure, the CLI as one line with exit code 2; anything else is a bug."""
+
+
 NAME_MAX = 100  # characters: leaves room for ".json" and a temporary file's prefix and suffix
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 NAME_RULE = (

@@ -1,13 +1,14 @@
 """Baselines: ``baselines/<suite>/<case>.json``, written atomically, read back with validation.
 
 Format (UTF-8 JSON, sorted keys, indent 2): ``schema_version``, ``suite``, ``case``, ``spec_hash``,
-``env`` (python, torch, platform, cpu, threads, numerics mode, hardware fingerprint, package
-versions), ``commit``, ``created`` and ``metrics``: metric name ->
-``{"folds": [...], "mean": x, "std": x}``.
+``dataset_digest`` (of the data measured on), ``env`` (python, torch, platform, cpu, threads,
+numerics mode, hardware fingerprint, package versions), ``commit``, ``created`` and ``metrics``:
+metric name -> ``{"folds": [...], "mean": x, "std": x}``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -19,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness._util import name_problem
+from harness._util import HarnessError, name_problem
 from harness.provenance import environment
 from harness.runner import CaseResult, MetricSummary
 
 SCHEMA_VERSION = 1
 
 
-class BaselineError(ValueError):
+class BaselineError(HarnessError):
     """A baseline file is unreadable or malformed; the message is one line naming the file."""
 
 
@@ -41,6 +42,7 @@ class Baseline:
     metrics: dict[str, MetricSummary]
     schema_version: int = SCHEMA_VERSION
     pie_ids: tuple[int, ...] = ()  # the pruning-identified exemplars (sample indices)
+    dataset_digest: str = ""  # sha256 prefix of the data it was measured on ("": not recorded)
 
     def value(self, name: str) -> float | None:
         summary = self.metrics.get(name)
@@ -57,6 +59,7 @@ class Baseline:
             "created": self.created,
             "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
             **({"pie": {"ids": list(self.pie_ids)}} if self.pie_ids else {}),
+            **({"dataset_digest": self.dataset_digest} if self.dataset_digest else {}),
         }
 
     @classmethod
@@ -72,6 +75,7 @@ class Baseline:
             dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             dict(result.metrics),
             pie_ids=tuple(result.pie.get("ids", ())),
+            dataset_digest=result.dataset_digest,
         )
 
 
@@ -138,19 +142,24 @@ class BaselineStore:
         return _parse(data, path)
 
     def save(self, baseline: Baseline) -> Path:
-        """Write atomically (temporary file in the same directory, then rename)."""
-        path = self.path(baseline.suite, baseline.case)
-        write_json_atomic(path, baseline.to_dict())
-        return path
+        """Write atomically (temporary file in the same directory, then rename); a file system
+        that refuses the write raises :class:`BaselineError` and leaves the old file intact."""
+        return _write(self.path(baseline.suite, baseline.case), baseline)
 
     def save_obtained(self, baseline: Baseline) -> Path:
         """Write the new results for review to ``<root>/.obtained/<suite>/<case>.json``."""
-        path = self.obtained_path(baseline.suite, baseline.case)
-        write_json_atomic(path, baseline.to_dict())
-        return path
+        return _write(self.obtained_path(baseline.suite, baseline.case), baseline)
 
     def list(self) -> list[Path]:
         return sorted(p for p in self.root.glob("*/*.json") if not p.parent.name.startswith("."))
+
+
+def _write(path: Path, baseline: Baseline) -> Path:
+    try:
+        write_json_atomic(path, baseline.to_dict())
+    except OSError as err:
+        raise BaselineError(f"{path}: cannot be written ({err.strerror or err})") from err
+    return path
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -166,7 +175,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never hide the error that got us here
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -220,7 +230,14 @@ def _parse(data: Any, path: Path) -> Baseline:
         metrics,
         version,
         _pie_ids(data.get("pie", {}), path),
+        _dataset_digest(data.get("dataset_digest", ""), path),
     )
+
+
+def _dataset_digest(value: Any, path: Path) -> str:
+    if not isinstance(value, str) or not all(c in "0123456789abcdef" for c in value):
+        raise BaselineError(f"{path}: dataset_digest = {value!r}: must be a hexadecimal string")
+    return value
 
 
 def _pie_ids(pie: Any, path: Path) -> tuple[int, ...]:

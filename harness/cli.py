@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness._util import redact
+from harness._util import HarnessError, redact
 
 if TYPE_CHECKING:
     from harness.spec import SuiteSpec
@@ -90,8 +90,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     state = numerics.configure(args.numerics)  # before torch is imported
     from harness import report, tracking
-    from harness.baseline import BaselineError
-    from harness.models import ModelError
     from harness.session import Recorder, Settings, check_case
 
     suites = _load(args.suites)
@@ -122,8 +120,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         hint = f"`prune-harness run {shlex.quote(suite.source)} --case {case.name} --regen`"
         try:
             outcome = check_case(suite, case, settings, regen_hint=hint)
-        except (BaselineError, ModelError) as err:
-            raise UsageError(str(err)) from None
+        except HarnessError as err:
+            raise UsageError(f"{suite.name}::{case.name}: {err}") from None
+        except MemoryError:
+            raise UsageError(
+                f"{suite.name}::{case.name}: out of memory (MemoryError); lower the sizes in "
+                "the suite (dataset_args, latency.batch, model_args)"
+            ) from None
         status = outcome.verdict.status.value
         print(f"{suite.name}::{case.name} {status.upper()}", flush=True)
         for line in outcome.verdict.lines() if not outcome.verdict.ok else []:
@@ -156,6 +159,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _digest(suite: SuiteSpec) -> str:
+    from harness.data import load_dataset
+
+    return load_dataset(suite.dataset, suite.dataset_args, suite.base_dir).digest
+
+
 def cmd_baselines(args: argparse.Namespace) -> int:
     from harness.baseline import BaselineError, BaselineStore
 
@@ -174,6 +183,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
                 state = "missing"
             elif baseline.spec_hash != suite.spec_hash(case):
                 state = "spec-changed"
+            elif baseline.dataset_digest and baseline.dataset_digest != _digest(suite):
+                state = f"data-changed (digest {baseline.dataset_digest} -> {_digest(suite)})"
             else:
                 state = f"ok (commit {baseline.commit[:10]}, {baseline.created})"
             print(f"{suite.name}::{case.name}  {state}")

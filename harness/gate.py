@@ -27,6 +27,7 @@ class Status(Enum):
     REGRESSED = "regressed"
     NEW = "new"  # no baseline yet
     SPEC_CHANGED = "spec-changed"
+    DATA_CHANGED = "data-changed"  # same spec, other data (the dataset's digest differs)
 
     @property
     def ok(self) -> bool:
@@ -336,7 +337,16 @@ def evaluate(
             f"skipped: baseline measured on other hardware ({baseline.env.get('cpu')},"
             f" {baseline.env.get('threads')} threads); compare same-run speedup"
         )
-    usable = baseline if baseline is not None and baseline.spec_hash == result.spec_hash else None
+    data_changed = (
+        baseline is not None
+        and bool(baseline.dataset_digest)
+        and baseline.dataset_digest != result.dataset_digest
+    )
+    usable = (
+        baseline
+        if baseline is not None and baseline.spec_hash == result.spec_hash and not data_changed
+        else None
+    )
     cross = reproducible(usable.env, env) if usable is not None else ""
     # Another CPU in portable numerics on both sides: bit-identical results are expected, and the
     # cross-hardware policy equals the threshold when they are (the dense model did not move).
@@ -365,6 +375,14 @@ def evaluate(
         notes.append(
             f"the case spec changed since its baseline (spec hash {baseline.spec_hash} -> "
             f"{result.spec_hash}); review and rewrite it with {regen_hint}"
+        )
+    elif data_changed:
+        status = Status.DATA_CHANGED
+        name = result.dataset.get("name", "the dataset")
+        notes.append(
+            f"the data changed since its baseline ({name}: digest {baseline.dataset_digest} -> "
+            f"{result.dataset_digest}); rules against the baseline are not applied; if the new "
+            f"data is intended, review and rewrite the baseline with {regen_hint}"
         )
     elif failed:
         status = Status.REGRESSED

@@ -6,15 +6,19 @@ an ``nn.Module`` mapping a float batch ``(N, in_features)`` to logits ``(N, n_cl
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from harness._util import HarnessError
 from harness.spec import import_callable
 
 
-class ModelError(ValueError):
+class ModelError(HarnessError):
     """A model reference does not resolve or the factory rejects its arguments."""
 
 
@@ -67,6 +71,20 @@ def resolve(ref: str) -> Callable[..., nn.Module]:
         raise ModelError(str(err)) from err
     except Exception as err:  # a user module that raises on import
         raise ModelError(f"model module failed on import ({type(err).__name__}: {err})") from err
+
+
+def source_digest(ref: str) -> str:
+    """Digest of the source file that defines a factory: part of every cache key of models it
+    builds, so two suites naming the same ``module:callable`` from different code never share
+    dense models (the file's text; the callable's qualified name when it has no source file)."""
+    factory = resolve(ref)
+    try:
+        path = inspect.getsourcefile(factory)
+        data = Path(path).read_bytes() if path else b""
+    except (OSError, TypeError):
+        data = b""
+    name = f"{getattr(factory, '__module__', '')}:{getattr(factory, '__qualname__', ref)}"
+    return hashlib.sha256(name.encode() + b"\0" + data).hexdigest()[:16]
 
 
 def build(ref: str, in_features: int, n_classes: int, args: Mapping[str, Any]) -> nn.Module:

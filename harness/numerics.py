@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from harness._util import HarnessError
+
 T = TypeVar("T")
 FRAME = struct.Struct("<Q")  # the length prefix of a message to and from harness._child
 
@@ -74,7 +76,7 @@ _LEVELS = (
 )
 
 
-class NumericsError(ValueError):
+class NumericsError(HarnessError):
     """An unknown numerics mode; the message is one line naming the value."""
 
 
@@ -307,7 +309,7 @@ def latency_needs_native_process() -> bool:
     return current().mode == "portable"
 
 
-class ChildError(RuntimeError):
+class ChildError(HarnessError, RuntimeError):
     """A child process of another numerics mode died; one line."""
 
 

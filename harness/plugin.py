@@ -264,11 +264,17 @@ class CaseItem(pytest.Item):
             raise CaseFailed(_failure_lines(outcome))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        from harness.baseline import BaselineError
-        from harness.models import ModelError
+        from harness._util import HarnessError
 
-        if isinstance(excinfo.value, CaseFailed | BaselineError | ModelError):
+        if isinstance(excinfo.value, CaseFailed):
             return str(excinfo.value)
+        if isinstance(excinfo.value, HarnessError):
+            return f"{self.suite.name}::{self.case.name}: {excinfo.value}"
+        if isinstance(excinfo.value, MemoryError):
+            return (
+                f"{self.suite.name}::{self.case.name}: out of memory (MemoryError); lower the "
+                "sizes in the suite (dataset_args, latency.batch, model_args)"
+            )
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:

@@ -16,13 +16,14 @@ from torch import nn
 
 from harness import metrics as M
 from harness import numerics
+from harness._util import HarnessError
 from harness.data import Dataset, Fold, load_dataset, make_folds
-from harness.models import build
+from harness.models import ModelError, build, source_digest
 from harness.power import measure_energy, rapl_counter
 from harness.pruning import PruneContext, create
 from harness.pruning.base import prunable_modules, schedule_targets, weight
 from harness.spec import CaseSpec, LatencySpec, SuiteSpec
-from harness.training import fit, predict_logits
+from harness.training import TrainingError, fit, predict_logits
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,9 @@ class _Dense:
     evaluation: _Evaluation  # deterministic dense metrics (no latency)
 
 
-_DENSE_CACHE: dict[tuple[str, int], _Dense] = {}
+# Per process; keyed by content: the dense spec, the data's digest (not its name: two files
+# called d.npz in two suites are two datasets), the model factory's source and the fold.
+_DENSE_CACHE: dict[tuple[str, str, str, int], _Dense] = {}
 
 
 @contextmanager
@@ -142,15 +145,58 @@ def _torch_settings(threads: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(old_det)
 
 
+class CaseError(HarnessError):
+    """A case cannot be measured (the model's outputs are unusable, training diverged); one
+    line naming the model, the fold and the problem."""
+
+
 def _new_model(suite: SuiteSpec, ds: Dataset, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return build(suite.model, ds.n_features, ds.n_classes, suite.model_args)
 
 
-def _evaluate(model: nn.Module, fold: Fold, ds: Dataset) -> _Evaluation:
+def _probe(model: nn.Module, ref: str, X: np.ndarray, n_classes: int) -> None:
+    """Check a freshly built model before training it: it has trainable parameters and maps a
+    batch to finite floating-point logits of shape ``(batch, n_classes)``. Evaluation mode and
+    no gradients: no random numbers are drawn and no statistics move."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ModelError(f"{ref}: the model has no trainable parameters")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.as_tensor(X))
+    except Exception as err:  # the user's forward may raise anything
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ModelError(
+            f"{ref}: forward on a batch of shape {tuple(X.shape)} failed "
+            f"({type(err).__name__}: {first})"
+        ) from err
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"{ref}: forward returned {type(out).__name__}, not a tensor of logits")
+    if not out.is_floating_point():
+        raise ModelError(f"{ref}: forward returned {out.dtype} logits; expected floating point")
+    if tuple(out.shape) != (len(X), n_classes):
+        raise ModelError(
+            f"{ref}: forward on a batch of shape {tuple(X.shape)} returned shape "
+            f"{tuple(out.shape)}; expected {(len(X), n_classes)} (batch, classes)"
+        )
+    if not torch.isfinite(out).all():
+        raise ModelError(f"{ref}: the untrained model already returns NaN or infinite logits")
+
+
+def _evaluate(model: nn.Module, fold: Fold, ds: Dataset, what: str) -> _Evaluation:
     from sklearn.metrics import confusion_matrix
 
     logits = predict_logits(model, fold.X_val)
+    if not np.isfinite(logits).all():
+        bad = int((~np.isfinite(logits)).any(axis=1).sum())
+        raise CaseError(
+            f"fold {fold.index}: the {what} model returns NaN or infinite logits for {bad} of "
+            f"{len(logits)} validation samples"
+        )
     val_pred = logits.argmax(1)
     train_pred = predict_logits(model, fold.X_train).argmax(1)
     out = M.classification_metrics(fold.y_val, val_pred, ds.n_classes)
@@ -181,13 +227,17 @@ def _margin(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _dense(suite: SuiteSpec, ds: Dataset, fold: Fold) -> _Dense:
-    key = (suite.dense_key(), fold.index)
+    key = (suite.dense_key(), ds.digest, source_digest(suite.model), fold.index)
     if key not in _DENSE_CACHE:
         seed = suite.seed * 1000 + fold.index
         model = _new_model(suite, ds, seed)
-        fit(model, fold.X_train, fold.y_train, suite.train, seed=seed)
+        _probe(model, suite.model, fold.X_train[:2], ds.n_classes)
+        try:
+            fit(model, fold.X_train, fold.y_train, suite.train, seed=seed)
+        except TrainingError as err:
+            raise CaseError(f"fold {fold.index}: dense {err}") from None
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        _DENSE_CACHE[key] = _Dense(state, _evaluate(model, fold, ds))
+        _DENSE_CACHE[key] = _Dense(state, _evaluate(model, fold, ds, "dense"))
     return _DENSE_CACHE[key]
 
 
@@ -288,7 +338,7 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
     pruned.eval()
 
     dense_eval = cached.evaluation
-    pruned_eval = _evaluate(pruned, fold, ds)
+    pruned_eval = _evaluate(pruned, fold, ds, "pruned")
     lat, uj = measure_speed([dense, pruned], fold.X_val, suite)
     dense_metrics = {**dense_eval.metrics, **lat[0].as_metrics()}
     pruned_metrics = {**pruned_eval.metrics, **lat[1].as_metrics()}
@@ -434,7 +484,10 @@ def run_case(suite: SuiteSpec, case: CaseSpec, *, keep_models: bool = False) -> 
     folds: list[FoldResult] = []
     with _torch_settings(suite.threads):
         for fold in make_folds(ds, suite.folds, seed=suite.cv_seed, repeats=suite.repeats):
-            folds.append(run_fold(suite, case, ds, fold))
+            try:
+                folds.append(run_fold(suite, case, ds, fold))
+            except TrainingError as err:  # fine-tuning, or training inside a pruning method
+                raise CaseError(f"fold {fold.index}: pruned model's {err}") from None
     per_fold = [f.metrics for f in folds]
     summary = {n: MetricSummary.of([f[n] for f in per_fold]) for n in sorted(per_fold[0])}
     pie = exemplars(folds, np.asarray(ds.y), ds.n_classes)

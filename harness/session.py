@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from harness.baseline import Baseline, BaselineStore
+from harness.baseline import Baseline, BaselineError, BaselineStore
 from harness.gate import Check, Status, Verdict, evaluate
 from harness.runner import CaseResult, run_case
 from harness.spec import CaseSpec, SuiteSpec
@@ -70,6 +70,7 @@ class Outcome:
     baseline_path: str | None = None  # written by --harness-regen
     obtained_path: str | None = None  # written next to a baseline the case did not meet
     artifacts: str | None = None  # folder with this case's report files and plots
+    warnings: tuple[str, ...] = ()  # what could not be written (the verdict stands)
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -96,6 +97,7 @@ class Outcome:
             tuple(v["notes"]),
             v["baseline_commit"],
         )
+        data["warnings"] = tuple(data.get("warnings", ()))
         return cls(result=CaseResult.from_dict(data.pop("result")), verdict=verdict, **data)
 
 
@@ -145,9 +147,16 @@ def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hi
         If the stored baseline is unreadable.
     """
     store = BaselineStore(settings.baselines)
-    baseline = store.load(suite.name, case.name)
+    try:
+        baseline = store.load(suite.name, case.name)
+    except BaselineError:
+        if not settings.regen:
+            raise
+        store.path(suite.name, case.name)  # a name that breaks the rule still fails
+        baseline = None  # unreadable or malformed: --harness-regen replaces it
     result = run_case(suite, case, keep_models=settings.log_models)
     written = obtained = None
+    warnings: list[str] = []
     fresh = Baseline.from_result(result, threads=suite.threads)
     if settings.regen:
         written = str(store.save(fresh))
@@ -156,8 +165,17 @@ def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hi
         result, baseline, suite.rules(case), threads=suite.threads, regen_hint=regen_hint
     )
     if not verdict.ok and baseline is not None and not settings.regen:
-        obtained = str(store.save_obtained(fresh))
-    usable = baseline if baseline is not None and baseline.spec_hash == result.spec_hash else None
+        try:
+            obtained = str(store.save_obtained(fresh))
+        except BaselineError as err:  # the verdict stands; only the copy for review is missing
+            warnings.append(f"{suite.name}::{case.name}: new results not written ({err})")
+    usable = (
+        baseline
+        if baseline is not None
+        and baseline.spec_hash == result.spec_hash
+        and baseline.dataset_digest in ("", result.dataset_digest)
+        else None
+    )
     outcome = Outcome(
         result,
         verdict,
@@ -166,12 +184,17 @@ def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hi
         baseline_means={k: v.mean for k, v in usable.metrics.items()} if usable else {},
         baseline_path=written,
         obtained_path=obtained,
+        warnings=tuple(warnings),
     )
     if settings.artifacts_dir is not None:
         from harness import report
 
         folder = settings.artifacts_dir / f"{suite.name}__{case.name}"
-        report.write_case(folder, outcome, result.pruned_states)
+        try:
+            report.write_case(folder, outcome, result.pruned_states)
+        except OSError as err:  # report files are extras: the verdict does not depend on them
+            note = f"{suite.name}::{case.name}: report files not written to {folder} ({err})"
+            return replace(outcome, warnings=(*outcome.warnings, note))
         outcome = replace(outcome, artifacts=str(folder))
     return outcome
 
@@ -191,6 +214,7 @@ class Recorder:
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
+        self.messages.extend(outcome.warnings)
         if not self.held:
             self.release()
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness._util import name_problem
+from harness._util import HarnessError, name_problem
 from harness.numerics import MODES as NUMERICS_MODES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -29,7 +29,7 @@ RULE_KEYS = ("max_drop", "max_rel_drop", "min", "max")
 POLICIES = ("threshold", "significant", "non_inferior")
 
 
-class SpecError(ValueError):
+class SpecError(HarnessError):
     """A suite file (or a spec built in Python) is invalid; ``str()`` is one line for the user."""
 
     def __init__(self, source: str, key: str, value: Any, problem: str) -> None:

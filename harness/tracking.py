@@ -5,13 +5,16 @@ MLflow is imported lazily (only when a case result is logged). All logging happe
 cannot be reached (or refuses the credentials), every outcome of the session from then on is
 written to the outbox (``.harness/outbox/``, one JSON file per case run) and the session goes on:
 the gate verdict never depends on tracking. ``prune-harness mlflow-sync`` replays the outbox;
-case runs carry ``harness.outcome_id``, so a replay never logs a case twice.
+case runs carry ``harness.outcome_id`` and, as their last write, ``harness.complete``, so a replay
+never logs a case twice and replaces a case run the failure cut off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 
 EXPERIMENT = "prune-harness"
 OUTBOX = Path(".harness") / "outbox"
+COMPLETE = "harness.complete"  # a case run's last tag: "true" once everything is logged
 ARTIFACTS = Path(".harness") / "artifacts"
 _METRICS_PER_BATCH = 1000  # MLflow's limits per log_batch call
 _PARAMS_PER_BATCH = 100
@@ -91,6 +95,7 @@ class MlflowTracker(Tracker):
         self.session_run: str | None = None
         self.broken: str | None = None
         self._connecting: _Background | None = None
+        self._fallback_said = False
 
     def warm_up(self) -> None:
         """Import MLflow and open (create, migrate) the store in a background thread, while the
@@ -132,11 +137,33 @@ class MlflowTracker(Tracker):
         self._write_outbox(f"{r.suite}__{r.case}-{outcome.id[:8]}", record)
 
     def _write_outbox(self, name: str, record: dict[str, Any]) -> None:
-        self.outbox.mkdir(parents=True, exist_ok=True)
-        path = self.outbox / f"{int(time.time())}-{name}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(redact(json.dumps(record)), encoding="utf-8")
-        tmp.replace(path)
+        """Keep a record for replay: in the outbox, else (a full or read-only disk) in a
+        fallback folder under the system's temporary directory, else say what was lost. Never
+        raises: the session's verdicts do not depend on tracking."""
+        text = redact(json.dumps(record))
+        fallback = (
+            Path(tempfile.gettempdir())
+            / f"prune-harness-outbox-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+        )
+        errors = []
+        for folder in (self.outbox, fallback):
+            try:
+                _write_record(folder, f"{int(time.time())}-{name}.json", text)
+            except OSError as err:
+                errors.append(f"{folder}: {err.strerror or err}")
+                continue
+            if folder != self.outbox and not self._fallback_said:
+                self._fallback_said = True
+                self.messages.append(
+                    f"the outbox {self.outbox}/ cannot be written ({errors[0]}); results are "
+                    f"kept in {folder}/ (replay: prune-harness mlflow-sync --outbox {folder} "
+                    f"--mlflow-uri {self.shown_uri})"
+                )
+            return
+        self.messages.append(
+            f"{name}: not logged to MLflow and no outbox could be written ({'; '.join(errors)}); "
+            "its results are only in this session's report"
+        )
 
     def close(self, passed: bool) -> None:
         if self.broken is not None:  # mlflow-sync closes the session run after the replay
@@ -156,6 +183,22 @@ class MlflowTracker(Tracker):
             f"results logged to MLflow at {self.shown_uri} "
             f"(experiment {EXPERIMENT!r}, run {self.session_run})"
         )
+
+
+def _write_record(folder: Path, name: str, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 class _Background:
@@ -180,10 +223,72 @@ class _Background:
         return self._value
 
 
+class StoreError(RuntimeError):
+    """The tracking store cannot be used as it is; the message says why and how to recover."""
+
+
+_LOCK_TIMEOUT = 300.0  # seconds to wait for another process creating or migrating the store
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory ones)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def half_migrated(db: Path) -> str | None:
+    """Why a SQLite store is left half-migrated (an interrupted schema migration), or None."""
+    import sqlite3
+
+    if not db.is_file() or db.stat().st_size == 0:
+        return None
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as con:
+            names = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+    except sqlite3.Error as err:
+        return f"not a readable SQLite database ({err})"
+    leftovers = sorted(n for n in names if n.startswith("_alembic_tmp_"))
+    if leftovers:
+        return f"an interrupted migration left {', '.join(leftovers)}"
+    if names and "alembic_version" not in names and "experiments" in names:
+        return "tables without alembic_version (a migration that never finished)"
+    return None
+
+
 def connect(uri: str) -> tuple[Any, str]:
-    """An ``MlflowClient`` for ``uri`` and the id of the harness's experiment (created once)."""
+    """An ``MlflowClient`` for ``uri`` and the id of the harness's experiment (created once).
+
+    A SQLite store is created and migrated under an inter-process lock (``<db>.lock``), so that
+    sessions starting at once on a fresh ``mlflow.db`` cannot race MLflow's migrations; a store
+    an earlier crash left half-migrated raises :class:`StoreError` naming how to recover.
+    """
     for key, value in _ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    db = sqlite_path(uri)
+    if db is None:
+        return _open(uri)
+    from filelock import FileLock, Timeout
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(f"{db}.lock", timeout=_LOCK_TIMEOUT):
+            if (problem := half_migrated(db)) is not None:
+                raise StoreError(
+                    f"{db}: {problem}; MLflow cannot open it. Move it aside (mv {db} "
+                    f"{db}.broken), the next session creates a fresh store, and "
+                    "`prune-harness mlflow-sync` replays the results kept in the outbox"
+                )
+            return _open(uri)
+    except Timeout:
+        raise StoreError(
+            f"{db}: another process held {db}.lock for {_LOCK_TIMEOUT:.0f} s while creating "
+            "or migrating the store"
+        ) from None
+
+
+def _open(uri: str) -> tuple[Any, str]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -193,6 +298,8 @@ def connect(uri: str) -> tuple[Any, str]:
 
 def describe_failure(err: Exception) -> str:
     """One line for a failed store operation; credentials problems say which variables to set."""
+    if isinstance(err, StoreError):
+        return redact(str(err))
     text = redact(" ".join(str(err).split()))
     for code in ("401", "403"):
         if f"error code {code}" in text or f" {code} " in f" {text} " or "Unauthorized" in text:
@@ -229,13 +336,22 @@ def log_outcome(
     check_existing: bool = True,
 ) -> bool:
     """Log a case run (metrics, params, tags, dataset, artifacts) and its fold runs under
-    ``parent``. Returns False (and logs nothing) if this outcome is already in the store."""
+    ``parent``. Returns False (and logs nothing) if this outcome is already complete in the store.
+
+    The case run's last write is the tag ``harness.complete = true``: a run without it was cut
+    off (the server died while it was logged), and a replay deletes it and its fold runs and
+    logs the outcome again, so that every case ends complete and once.
+    """
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
-    if check_existing and client.search_runs(
-        [experiment_id], f"tags.`harness.outcome_id` = '{outcome.id}'", max_results=1
-    ):
-        return False
+    if check_existing:
+        found = client.search_runs(
+            [experiment_id], f"tags.`harness.outcome_id` = '{outcome.id}'", max_results=100
+        )
+        if any(run.data.tags.get(COMPLETE) == "true" for run in found):
+            return False
+        for run in found:  # incomplete: replaced
+            _delete_case_run(client, experiment_id, run.info.run_id)
     r, v = outcome.result, outcome.verdict
     now = int(time.time() * 1000)
     tags = {
@@ -309,7 +425,17 @@ def log_outcome(
             client.log_artifacts(fold_run, str(folder / f"fold{i}"), artifact_path="model")
         client.set_terminated(fold_run)
     client.set_terminated(run_id, "FINISHED" if v.ok else "FAILED")
+    client.set_tag(run_id, COMPLETE, "true")  # last: everything above is in the store
     return True
+
+
+def _delete_case_run(client: Any, experiment_id: str, run_id: str) -> None:
+    folds = client.search_runs(
+        [experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=10000
+    )
+    for fold in folds:
+        client.delete_run(fold.info.run_id)
+    client.delete_run(run_id)
 
 
 def _batch(client: Any, run_id: str, metrics: list[Any], params: list[Any]) -> None:
@@ -332,6 +458,23 @@ def sync_outbox(uri: str, outbox: Path = OUTBOX) -> SyncReport:
     Idempotent: case runs already in the store (same ``harness.outcome_id``) are skipped, and the
     session run is found again by ``harness.session_id``.
     """
+    if not outbox.is_dir():
+        return SyncReport(0, 0, [])
+    from filelock import FileLock
+
+    # one replay at a time per outbox: a second waits, then finds what the first left
+    try:
+        lock = FileLock(str(outbox / ".sync.lock"))
+        lock.acquire()
+    except OSError:  # a read-only outbox: nothing else can remove its files either
+        return _sync(uri, outbox)
+    try:
+        return _sync(uri, outbox)
+    finally:
+        lock.release()
+
+
+def _sync(uri: str, outbox: Path) -> SyncReport:
     from harness.session import Outcome
 
     # case records first, then the session ends they belong to
@@ -344,12 +487,18 @@ def sync_outbox(uri: str, outbox: Path = OUTBOX) -> SyncReport:
     for path in files:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:  # replayed and removed by a sync that ran before the lock
+            continue
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            failed.append(f"{path}: not an outbox record ({err})")
+            continue
+        try:
             session = _Session(**record["session"])
             outcome = (
                 Outcome.from_json(json.dumps(record["outcome"])) if "outcome" in record else None
             )
             passed = bool(record["passed"]) if outcome is None else True
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except Exception as err:  # any malformed record: named, never a traceback
             failed.append(f"{path}: not an outbox record ({err})")
             continue
         try:
@@ -363,7 +512,10 @@ def sync_outbox(uri: str, outbox: Path = OUTBOX) -> SyncReport:
         except Exception as err:
             failed.append(f"{path}: {describe_failure(err)}")
             continue
-        path.unlink()
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:  # in MLflow now; a later replay skips it as complete
+            failed.append(f"{path}: replayed, but not removed ({err.strerror})")
     return SyncReport(synced, skipped, failed)
 
 

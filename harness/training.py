@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -9,7 +10,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness._util import HarnessError
 from harness.spec import DistillSpec, TrainSpec
+
+
+class TrainingError(HarnessError):
+    """Training diverged (a non-finite loss); one line saying where and what to change."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,12 @@ def fit(
             schedule.after_batch()
             total += float(loss.detach()) * len(idx)
         losses.append(total / n)
+        if not math.isfinite(losses[-1]):
+            raise TrainingError(
+                f"training diverged: the loss is {losses[-1]} in epoch {len(losses)} of "
+                f"{spec.epochs} (lr {spec.lr:g}, optimizer {spec.optimizer}); lower lr or "
+                "check the data and the model"
+            )
         schedule.after_epoch(losses[-1])
     model.eval()
     return TrainLog(tuple(losses), tuple(lrs))

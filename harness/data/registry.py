@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from harness._util import HarnessError
 
-class DatasetError(ValueError):
+
+class DatasetError(HarnessError):
     """A dataset name, argument or file is unusable; the message is one line."""
 
 
@@ -116,6 +118,10 @@ def _npz(path: Path, args: Mapping[str, Any]) -> tuple:
         raise DatasetError(f"{path}: not a readable .npz file ({err})") from err
     if X is None or y is None:
         raise DatasetError(f"{path}: needs arrays 'X' and 'y' (has {', '.join(sorted(keys))})")
+    if X.ndim == 0 or X.size == 0:
+        raise DatasetError(f"{path}: X = array of shape {X.shape}: needs one row per sample")
+    if np.ndim(y) != 1:
+        raise DatasetError(f"{path}: y = array of shape {np.shape(y)}: needs one label per row")
     return X.reshape(len(X), -1), y, None, "tabular"
 
 
@@ -168,12 +174,21 @@ def load_dataset(
 ) -> Dataset:
     """Load a registered dataset (cached per process); raises :class:`DatasetError`."""
     # only file datasets depend on the directory; builtin ones share one cache entry
-    where = str((base or Path.cwd()).resolve()) if name.partition(":")[0] in FILE_KINDS else ""
-    return _load(name, json.dumps(dict(args or {}), sort_keys=True), where)
+    kind, _, rest = name.partition(":")
+    where = ""
+    stamp: tuple[int, ...] = ()
+    if kind in FILE_KINDS:
+        where = str((base or Path.cwd()).resolve())
+        try:  # a file rewritten during the session is a new dataset, not a cache hit
+            st = (Path(where) / rest).stat()
+            stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        except (OSError, ValueError):
+            pass
+    return _load(name, json.dumps(dict(args or {}), sort_keys=True), where, stamp)
 
 
 @lru_cache(maxsize=8)
-def _load(name: str, args_json: str, base: str) -> Dataset:
+def _load(name: str, args_json: str, base: str, stamp: tuple[int, ...] = ()) -> Dataset:
     args = json.loads(args_json)
     kind, _, rest = name.partition(":")
     if name in BUILTIN:
@@ -185,7 +200,12 @@ def _load(name: str, args_json: str, base: str) -> Dataset:
         X, y, class_names, data_kind = FILE_KINDS[kind](path, args)
     else:
         raise DatasetError(f"unknown dataset (known: {', '.join(names())})")
-    X = np.asarray(X, dtype=np.float32)
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise DatasetError(f"features have dtype {X.dtype}: need real numbers (int or float)")
+    with np.errstate(over="ignore"):  # values beyond float32 become inf: refused below
+        X = X.astype(np.float32)
+    y = _labels(np.asarray(y))
     if X.ndim != 2 or len(X) != len(y) or len(X) == 0 or X.shape[1] == 0:
         raise DatasetError(
             f"needs 2-D features and one row per label (X {X.shape}, y {np.shape(y)})"
@@ -202,6 +222,29 @@ def _load(name: str, args_json: str, base: str) -> Dataset:
     X.setflags(write=False)
     y_idx.setflags(write=False)
     return Dataset(name, X, y_idx, tuple(class_names), data_kind, digest)
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    """Labels in one canonical form: numbers (and text that reads as numbers, as in CSV files)
+    become numbers, integral ones integers, so ``1`` and ``1.0`` are one class; NaN, infinite
+    and complex labels are refused."""
+    if y.ndim != 1:
+        raise DatasetError(f"labels have shape {y.shape}: need one label per row")
+    if y.dtype.kind == "c":
+        raise DatasetError("labels are complex numbers")
+    if y.dtype.kind in "US":
+        try:
+            y = y.astype(np.float64)
+        except ValueError:
+            return y  # text labels: class names
+    if y.dtype.kind == "O":
+        raise DatasetError("labels must be numbers or text (got Python objects)")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise DatasetError("labels contain NaN or infinity")
+        if (y == np.round(y)).all() and np.abs(y).max(initial=0) < 2**53:
+            return y.astype(np.int64)
+    return y
 
 
 def check(name: str, args: Mapping[str, Any], base: Path) -> str | None:

@@ -1,0 +1,516 @@
+"""Faults and hostile input: wrong results from a stale cache, unusable models, diverged
+training, corrupt or unwritable baselines, unwritable outboxes and report folders, racing and
+half-migrated SQLite stores. Each test reproduces a failure that existed before its fix; the runs
+are real (pytester sessions, tiny models trained on real or generated data)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import tracking
+from harness.baseline import Baseline, BaselineError, BaselineStore
+from harness.gate import Status, evaluate
+from harness.runner import CaseResult, MetricSummary
+
+NO_MLFLOW = "--harness-no-mlflow"
+
+NPZ_SUITE = """\
+[suite]
+name = "{name}"
+dataset = "npz:d.npz"
+model = "{model}"
+model_args = {model_args}
+seed = 0
+
+[cv]
+folds = 2
+
+[train]
+epochs = {epochs}
+lr = {lr}
+
+[latency]
+batch = 8
+warmup = 1
+repeats = 2
+
+[gate]
+"pruned.accuracy" = {{ max_drop = 0.05 }}
+
+[[case]]
+name = "mag-50"
+prune = {{ method = "magnitude", sparsity = 0.5 }}
+"""
+
+
+def _data(seed: int, n: int = 120, features: int = 8, classes: int = 3) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    centers = rng.normal(0, 2, (classes, features))
+    X = centers[y] + rng.normal(0, 1, (n, features))
+    return {"X": X.astype(np.float32), "y": y}
+
+
+def _suite(
+    where: Path,
+    name: str,
+    *,
+    model: str = "harness.models:mlp",
+    model_args: str = "{ hidden = [16] }",
+    epochs: int = 3,
+    lr: float = 1e-2,
+    data: dict[str, np.ndarray] | None = None,
+) -> Path:
+    (where / "suites").mkdir(parents=True, exist_ok=True)
+    np.savez(where / "suites" / "d.npz", **(data if data is not None else _data(0)))
+    path = where / "suites" / f"{name}.toml"
+    path.write_text(
+        NPZ_SUITE.format(name=name, model=model, model_args=model_args, epochs=epochs, lr=lr),
+        encoding="utf-8",
+    )
+    return path
+
+
+def _folds(p: pytest.Pytester, suite: str, metric: str = "dense.accuracy") -> list[float]:
+    data = json.loads((p.path / "baselines" / suite / "mag-50.json").read_text())
+    return list(data["metrics"][metric]["folds"])
+
+
+# --- 1. the dense cache is keyed by content; baselines record the data they were measured on
+
+
+def test_same_dataset_name_in_two_suites_is_not_one_cache_entry(pytester: pytest.Pytester) -> None:
+    p = pytester
+    _suite(p.path / "a", "a", data=_data(1))
+    _suite(p.path / "b", "b", data=_data(2, classes=4))
+    p.runpytest("b/suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=1)
+    alone = _folds(p, "b")
+    # both in one session, a first: before the fix b reused a's dense models (or crashed
+    # loading a 3-class state into a 4-class model)
+    res = p.runpytest("a/suites", "b/suites", NO_MLFLOW, "--harness-regen", "-p", "no:randomly")
+    res.assert_outcomes(passed=2)
+    assert _folds(p, "b") == alone
+    assert _folds(p, "a") != alone
+
+
+def test_replaced_data_file_is_data_changed_not_regressed(pytester: pytest.Pytester) -> None:
+    p = pytester
+    _suite(p.path, "s", data=_data(1))
+    p.runpytest("suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=1)
+    stored = json.loads((p.path / "baselines" / "s" / "mag-50.json").read_text())
+    assert len(stored["dataset_digest"]) == 16
+    np.savez(p.path / "suites" / "d.npz", **_data(3))
+    res = p.runpytest("suites", NO_MLFLOW)
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(
+        [
+            "s::mag-50: data-changed",
+            f"*the data changed since its baseline (npz:d.npz: digest {stored['dataset_digest']}"
+            " -> *); rules against the baseline are not applied*--harness-regen*",
+        ]
+    )
+    res.stdout.no_fnmatch_line("s::mag-50: regressed")
+    p.runpytest("suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=1)
+    p.runpytest("suites", NO_MLFLOW).assert_outcomes(passed=1)
+
+
+def _result(digest: str) -> CaseResult:
+    m = {"pruned.accuracy": MetricSummary.of([0.9, 0.9])}
+    return CaseResult("s", "c", "h", digest, ({}, {}), m, 0.0, {"name": "npz:d.npz"})
+
+
+def test_gate_data_changed_and_older_baselines_without_digest() -> None:
+    from harness.spec import RuleSpec
+
+    rules = (RuleSpec("pruned.accuracy", max_drop=0.01),)
+    base = Baseline.from_result(_result("aaaa"), threads=1)
+    v = evaluate(_result("bbbb"), base, rules, threads=1, regen_hint="R")
+    assert v.status is Status.DATA_CHANGED and not v.ok
+    assert "digest aaaa -> bbbb" in v.notes[0] and v.notes[0].endswith("with R")
+    assert all(c.reference is None for c in v.checks)  # nothing judged against other data
+    old = Baseline.from_result(_result(""), threads=1)  # recorded before digests were stored
+    assert "dataset_digest" not in old.to_dict()
+    assert evaluate(_result("bbbb"), old, rules, threads=1, regen_hint="R").status is Status.PASS
+
+
+def test_baseline_dataset_digest_is_validated(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    store.save(Baseline.from_result(_result("ab12"), threads=1))
+    path = store.path("s", "c")
+    assert store.load("s", "c").dataset_digest == "ab12"  # type: ignore[union-attr]
+    data = json.loads(path.read_text())
+    data["dataset_digest"] = ["x"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match="dataset_digest = \\['x'\\]: must be a hexadecimal"):
+        store.load("s", "c")
+
+
+# --- 9. --harness-regen repairs what it cannot read
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"schema_version": 1}', "[]", "1e400"])
+def test_regen_replaces_a_corrupt_baseline(pytester: pytest.Pytester, content: str) -> None:
+    p = pytester
+    _suite(p.path, "s")
+    path = p.path / "baselines" / "s" / "mag-50.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    res = p.runpytest("suites", NO_MLFLOW)
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines([f"s::mag-50: {path}: *"])
+    res.stdout.no_fnmatch_line("*Traceback*")
+    p.runpytest("suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=1)
+    p.runpytest("suites", NO_MLFLOW).assert_outcomes(passed=1)
+
+
+# --- 10 / 12. user models and training that cannot be measured: one line each
+
+BAD_MODELS = """
+import torch
+from torch import nn
+
+
+class _Net(nn.Module):
+    def __init__(self, in_features, n_classes, out):
+        super().__init__()
+        self.fc = nn.Linear(in_features, n_classes)
+        self.out = out
+
+    def forward(self, x):
+        return self.out(self.fc(x), x)
+
+
+def wrong_width(in_features, n_classes):
+    return _Net(in_features, n_classes, lambda z, x: z[:, :-1])
+
+
+def one_d(in_features, n_classes):
+    return _Net(in_features, n_classes, lambda z, x: z.sum(1))
+
+
+def integer_logits(in_features, n_classes):
+    return _Net(in_features, n_classes, lambda z, x: z.round().long())
+
+
+def not_a_tensor(in_features, n_classes):
+    return _Net(in_features, n_classes, lambda z, x: {"logits": z})
+
+
+def raises(in_features, n_classes):
+    def boom(z, x):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied\\n(long torch detail)")
+    return _Net(in_features, n_classes, boom)
+
+
+class _Frozen(nn.Module):
+    def __init__(self, n_classes):
+        super().__init__()
+        self.n_classes = n_classes
+
+    def forward(self, x):
+        return torch.zeros(len(x), self.n_classes)
+
+
+def no_parameters(in_features, n_classes):
+    return _Frozen(n_classes)
+
+
+class _NanOnceTrained(nn.Module):
+    def __init__(self, in_features, n_classes):
+        super().__init__()
+        self.fc = nn.Linear(in_features, n_classes)
+        self.trained = False
+
+    def forward(self, x):
+        self.trained = self.trained or self.training
+        out = self.fc(x)
+        return out * float("nan") if self.trained and not self.training else out
+
+
+def nan_after_training(in_features, n_classes):
+    return _NanOnceTrained(in_features, n_classes)
+"""
+
+MODEL_PROBLEMS = {
+    "wrong_width": "returned shape (2, 2); expected (2, 3) (batch, classes)",
+    "one_d": "returned shape (2,); expected (2, 3) (batch, classes)",
+    "integer_logits": "returned torch.int64 logits; expected floating point",
+    "not_a_tensor": "forward returned dict, not a tensor of logits",
+    "raises": "forward on a batch of shape (2, 8) failed (RuntimeError: mat1 and mat2 shapes*",
+    "no_parameters": "the model has no trainable parameters",
+    "nan_after_training": "fold 0: the dense model returns NaN or infinite logits for 60 of 60*",
+}
+
+
+@pytest.fixture
+def bad_models(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(bad_models=BAD_MODELS)
+    pytester.makeconftest(
+        "import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).parent))"
+    )
+    return pytester
+
+
+@pytest.mark.parametrize("factory", sorted(MODEL_PROBLEMS))
+def test_unusable_model_is_one_line(bad_models: pytest.Pytester, factory: str) -> None:
+    p = bad_models
+    _suite(p.path, "s", model=f"bad_models:{factory}", model_args="{}")
+    res = p.runpytest("suites", NO_MLFLOW, "--harness-regen")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines([f"s::mag-50: *{MODEL_PROBLEMS[factory]}"])
+    res.stdout.no_fnmatch_line("*Traceback*")
+    res.stdout.no_fnmatch_line("*site-packages*")
+
+
+def test_unusable_model_in_the_cli_is_exit_2(
+    bad_models: pytest.Pytester,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harness.cli import main
+
+    monkeypatch.syspath_prepend(str(bad_models.path))
+    suite = _suite(bad_models.path, "s", model="bad_models:one_d", model_args="{}")
+    code = main(["run", str(suite), "--no-mlflow", "--baselines", str(bad_models.path / "b")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "prune-harness: s::mag-50: bad_models:one_d: forward on a batch of shape (2, 8) "
+        "returned shape (2,); expected (2, 3) (batch, classes)"
+    ]
+
+
+def test_diverged_training_fails_clearly(pytester: pytest.Pytester) -> None:
+    p = pytester
+    _suite(p.path, "s", lr=1e308)
+    res = p.runpytest("suites", NO_MLFLOW, "--harness-regen")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(
+        ["s::mag-50: fold 0: dense training diverged: the loss is nan in epoch * of 3 (lr 1e+308*"]
+    )
+    assert not (p.path / "baselines" / "s" / "mag-50.json").exists()
+
+
+# --- 10 / 12. data files that are not data: one line each
+
+
+@pytest.mark.parametrize(
+    ("arrays", "problem"),
+    [
+        ({"X": np.array(["a", "b"] * 30).reshape(60, 1), "y": np.arange(60) % 2}, "dtype <U1"),
+        ({"X": np.ones((60, 2)) + 1j, "y": np.arange(60) % 2}, "dtype complex128"),
+        ({"X": np.ones((60, 2)), "y": np.zeros((60, 2))}, "y = array of shape (60, 2)"),
+        ({"X": np.array(3.0), "y": np.arange(60) % 2}, "X = array of shape ()"),
+        ({"X": np.zeros((0, 4)), "y": np.zeros(0)}, "X = array of shape (0, 4)"),
+        ({"X": np.ones((60, 2)), "y": np.r_[np.arange(59) % 2, np.nan]}, "labels contain NaN"),
+        ({"X": np.full((60, 2), 1e300), "y": np.arange(60) % 2}, "NaN or infinity"),
+    ],
+    ids=["strings", "complex", "2d-y", "scalar-x", "empty", "nan-label", "beyond-float32"],
+)
+def test_bad_npz_is_one_line(tmp_path: Path, arrays: dict, problem: str) -> None:
+    from harness.data import load_dataset
+    from harness.data.registry import DatasetError
+
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DatasetError, match=None) as err:
+        load_dataset("npz:d.npz", {}, tmp_path)
+    assert problem in str(err.value) and "\n" not in str(err.value)
+
+
+def test_csv_labels_1_and_1_0_are_one_class(tmp_path: Path) -> None:
+    from harness.data import load_dataset
+
+    rows = [f"{i % 5},{i % 3},{'1' if i % 2 else '0'}" for i in range(40)]
+    rows[1] = "1,1,1.0"
+    (tmp_path / "d.csv").write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    ds = load_dataset("csv:d.csv", {}, tmp_path)
+    assert ds.class_names == ("0", "1")
+
+
+# --- 8. where results go cannot be written: the verdict stands
+
+
+def test_artifacts_folder_unwritable_does_not_fail_a_passing_case(tmp_path: Path) -> None:
+    import tomllib
+
+    from conftest import TINY_SUITE
+
+    from harness.session import Settings, check_case
+    from harness.spec import suite_from_dict
+
+    suite = suite_from_dict(tomllib.loads(TINY_SUITE))
+    case = suite.cases[0]
+    blocked = tmp_path / "artifacts"
+    blocked.write_text("a file where the folder should be")
+    settings = Settings(baselines=tmp_path / "baselines", regen=True, artifacts_dir=blocked)
+    outcome = check_case(suite, case, settings, regen_hint="-")
+    assert outcome.verdict.ok and outcome.artifacts is None
+    assert len(outcome.warnings) == 1
+    assert outcome.warnings[0].startswith(f"tiny::mag-50: report files not written to {blocked}")
+
+
+def test_obtained_unwritable_keeps_the_verdict(pytester: pytest.Pytester) -> None:
+    p = pytester
+    _suite(p.path, "s")
+    p.runpytest("suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=1)
+    path = p.path / "baselines" / "s" / "mag-50.json"
+    data = json.loads(path.read_text())
+    m = data["metrics"]["pruned.accuracy"]
+    m["folds"] = [v + 0.2 for v in m["folds"]]
+    m["mean"] += 0.2
+    path.write_text(json.dumps(data))
+    (p.path / "baselines" / ".obtained").write_text("not a folder")
+    res = p.runpytest("suites", NO_MLFLOW)
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["s::mag-50: regressed", "*s::mag-50: new results not written*"])
+    res.stdout.no_fnmatch_line("*Traceback*")
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else False, reason="root")
+def test_read_only_baselines_regen_is_one_line(pytester: pytest.Pytester) -> None:
+    p = pytester
+    _suite(p.path, "s")
+    root = p.path / "baselines"
+    root.mkdir()
+    root.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        res = p.runpytest("suites", NO_MLFLOW, "--harness-regen")
+    finally:
+        root.chmod(stat.S_IRWXU)
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["s::mag-50: *baselines/s/mag-50.json: cannot be written*"])
+
+
+def test_read_only_baselines_regen_is_one_line_as_root_too(tmp_path: Path) -> None:
+    """Root ignores permission bits; a file where the suite's folder should be fails for all."""
+    from harness.baseline import BaselineStore
+
+    (tmp_path / "s").write_text("a file, not a folder")
+    store = BaselineStore(tmp_path)
+    with pytest.raises(BaselineError, match=r"s/c.json: cannot be written \(") as err:
+        store.save(Baseline.from_result(_result("ab"), threads=1))
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == [tmp_path / "s"]  # no temporary file left
+
+
+def test_outbox_unwritable_falls_back_then_says_what_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "outbox"
+    blocked.write_text("a file where the outbox folder should be")
+    tracker = tracking.MlflowTracker(
+        "http://127.0.0.1:9", session_name="s", outbox=blocked
+    )  # nothing listens on port 9
+    tracker.broken = "down"
+    monkeypatch.setattr(tracking.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    tracker._write_outbox("x__y-1", {"k": 1})
+    fallback = tmp_path / "tmp" / f"prune-harness-outbox-{os.getuid()}"
+    assert [f.name.endswith("-x__y-1.json") for f in fallback.iterdir()] == [True]
+    assert len(tracker.messages) == 1 and "results are kept in" in tracker.messages[0]
+    assert f"mlflow-sync --outbox {fallback}" in tracker.messages[0]
+    # both places refused (a file where the fallback folder should be): said, never raised
+    for f in fallback.iterdir():
+        f.unlink()
+    fallback.rmdir()
+    fallback.write_text("blocked too")
+    tracker._write_outbox("x__z-2", {"k": 2})
+    assert "x__z-2: not logged to MLflow and no outbox could be written" in tracker.messages[-1]
+
+
+# --- 3. SQLite stores: created under a lock; a half-migrated store is named
+
+
+def _connect(db: str) -> str:
+    try:
+        tracking.connect(f"sqlite:///{db}")
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
+    return "ok"
+
+
+def test_concurrent_sessions_on_a_fresh_store(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    for trial in range(2):
+        db = tmp_path / f"m{trial}.db"
+        with ctx.Pool(3) as pool:
+            assert pool.map(_connect, [str(db)] * 3) == ["ok"] * 3
+        with sqlite3.connect(db) as con:
+            names = [r[0] for r in con.execute("select name from sqlite_master")]
+        assert not [n for n in names if n.startswith("_alembic_tmp_")]
+        assert _connect(str(db)) == "ok"
+
+
+def test_half_migrated_store_is_named_with_the_recovery(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    assert _connect(str(db)) == "ok"
+    with sqlite3.connect(db) as con:
+        con.execute("create table _alembic_tmp_metrics (x int)")
+    problem = _connect(str(db))
+    assert problem.startswith(
+        f"StoreError: {db}: an interrupted migration left _alembic_tmp_metrics; MLflow cannot"
+    )
+    assert f"mv {db} {db}.broken" in problem and "mlflow-sync" in problem
+    assert tracking.describe_failure(tracking.StoreError(problem)) == problem
+
+
+def test_killed_migration_never_leaves_a_silently_broken_store(tmp_path: Path) -> None:
+    """SIGKILL a session while it creates a fresh store, at several moments: the next session
+    either opens the store or names it as half-migrated (never an obscure SQL error)."""
+    code = "import sys; from harness.tracking import connect; connect('sqlite:///' + sys.argv[1])"
+    for i, delay in enumerate((0.5, 1.0, 1.5, 2.0)):
+        db = tmp_path / f"k{i}.db"
+        proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        problem = _connect(str(db))
+        assert problem == "ok" or problem.startswith(f"StoreError: {db}: "), problem
+
+
+# --- 14. two mlflow-sync runs at once
+
+
+def _sync(args: tuple[str, str]) -> tuple[int, int, list[str]]:
+    report = tracking.sync_outbox(args[0], Path(args[1]))
+    return report.synced, report.skipped, report.failed
+
+
+def test_two_concurrent_syncs_log_each_case_once(tmp_path: Path) -> None:
+    import tomllib
+
+    from conftest import TINY_SUITE
+
+    from harness.session import Settings, check_case
+    from harness.spec import suite_from_dict
+
+    suite = suite_from_dict(tomllib.loads(TINY_SUITE))
+    settings = Settings(baselines=tmp_path / "baselines", regen=True)
+    outcomes = [check_case(suite, c, settings, regen_hint="-") for c in suite.cases]
+    outbox = tmp_path / "outbox"
+    tracker = tracking.MlflowTracker("sqlite:///x", session_name="s", outbox=outbox)
+    tracker.broken = "down"
+    for o in outcomes:
+        tracker.log_case(o)
+    tracker.close(True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.connect(uri)  # the store exists; the race is on the outbox
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        results = pool.map(_sync, [(uri, str(outbox))] * 2)
+    assert sum(r[0] for r in results) == 2 and all(r[2] == [] for r in results), results
+    client, exp = tracking.connect(uri)
+    cases = client.search_runs([exp], "tags.`harness.kind` = 'case'")
+    assert len(cases) == 2 and all(c.data.tags[tracking.COMPLETE] == "true" for c in cases)
+    assert not list(outbox.glob("*.json"))
