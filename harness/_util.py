@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 
 class HarnessError(ValueError):
@@ -34,3 +38,32 @@ def redact(text: str) -> str:
     """``text`` with the password of every ``scheme://user:password@host`` replaced by
     ``***``: for every URI the harness prints, logs or stores."""
     return _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+class BudgetError(HarnessError):
+    """A case ran past its time budget."""
+
+
+_DEADLINE: ContextVar[tuple[float, float] | None] = ContextVar("harness_deadline", default=None)
+
+
+@contextmanager
+def time_budget(seconds: float | None) -> Iterator[None]:
+    """Within the block, :func:`check_budget` raises :class:`BudgetError` once ``seconds``
+    have passed (None: no budget)."""
+    token = _DEADLINE.set(None if seconds is None else (time.monotonic() + seconds, seconds))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def check_budget(where: str) -> None:
+    """Raise :class:`BudgetError` if the current time budget is spent; ``where`` says what was
+    running (training loops and the fold loop call it)."""
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline[0]:
+        raise BudgetError(
+            f"ran past its time budget of {deadline[1]:g} s ({where}); raise time_budget "
+            "(suite key or --harness-time-budget) or make the case smaller"
+        )

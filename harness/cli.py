@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     run.add_argument("--report", type=Path, default=None, help="write JSON/markdown reports here")
     run.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fail a case that runs longer (with a suite's own time_budget, the tighter wins)",
+    )
+    run.add_argument(
         "--log-models", action="store_true", help="keep every fold's pruned state_dict"
     )
     run.add_argument(
@@ -91,7 +98,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     state = numerics.configure(args.numerics)  # before torch is imported
     from harness import report, tracking
     from harness.session import Recorder, Settings, check_case
+    from harness.spec import BOUNDS
 
+    if args.time_budget is not None and not 0 < args.time_budget <= BOUNDS["time_budget"]:
+        raise UsageError(
+            f"--time-budget {args.time_budget:g}: must be seconds > 0 and <= "
+            f"{BOUNDS['time_budget']}"
+        )
     suites = _load(args.suites)
     selected = [(s, c) for s in suites for c in s.cases if not args.case or c.name in args.case]
     missing = set(args.case) - {c.name for _, c in selected}
@@ -104,6 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         report_dir=args.report,
         tracked=not args.no_mlflow,
         log_models=args.log_models,
+        time_budget=args.time_budget,
     )
     tracker = (
         tracking.Tracker()

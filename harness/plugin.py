@@ -8,6 +8,7 @@ when a suite is collected or a case result is recorded, so importing this plugin
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,8 +44,29 @@ def _numerics_mode(value: str) -> str:
     return value
 
 
+def _seconds(value: str) -> float:
+    from harness.spec import BOUNDS
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= BOUNDS["time_budget"]:
+        raise pytest.UsageError(
+            f"--harness-time-budget={value}: must be seconds > 0 and <= {BOUNDS['time_budget']}"
+        )
+    return seconds
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "prune-harness: pruning quality gate")
+    group.addoption(
+        "--harness-time-budget",
+        metavar="SECONDS",
+        type=_seconds,
+        default=None,
+        help="fail a case that runs longer (with a suite's own time_budget, the tighter wins)",
+    )
     group.addoption(
         "--harness-numerics",
         metavar="MODE",
@@ -187,6 +209,7 @@ def pytest_configure(config: pytest.Config) -> None:
         report_dir=_resolved(config.getoption("harness_report")),
         tracked=not config.getoption("harness_no_mlflow"),
         log_models=config.getoption("harness_log_models"),
+        time_budget=config.getoption("harness_time_budget"),
     )
     config.stash[_SETTINGS_KEY] = settings
     if hasattr(config, "workerinput"):

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness import _util, numerics
 from harness import metrics as M
-from harness import numerics
 from harness._util import HarnessError
 from harness.data import Dataset, Fold, load_dataset, make_folds
 from harness.models import ModelError, build, source_digest
@@ -467,16 +467,32 @@ def exemplars(folds: list[FoldResult], y: np.ndarray, n_classes: int) -> dict[st
     }
 
 
-def run_case(suite: SuiteSpec, case: CaseSpec, *, keep_models: bool = False) -> CaseResult:
+def run_case(
+    suite: SuiteSpec,
+    case: CaseSpec,
+    *,
+    keep_models: bool = False,
+    time_budget: float | None = None,
+) -> CaseResult:
     """Run ``case`` over the suite's k folds; deterministic for the same spec, seeds and machine.
 
     With ``keep_models`` the pruned ``state_dict`` of every fold is kept in
-    ``CaseResult.pruned_states`` (not serialized).
+    ``CaseResult.pruned_states`` (not serialized). ``time_budget`` (seconds; the tighter of it
+    and the suite's ``time_budget``) stops the case with :class:`harness._util.BudgetError`.
     """
+    budgets = [b for b in (time_budget, suite.time_budget) if b is not None]
+    budget = min(budgets) if budgets else None
     mode = suite.numerics
     if mode is not None and mode != numerics.current().requested:
         # the suite asks for other numerics than this process has: run it in a child of that mode
-        return numerics.run_in(mode, run_case, suite, case, keep_models=keep_models)
+        return numerics.run_in(
+            mode, run_case, suite, case, keep_models=keep_models, time_budget=budget
+        )
+    with _util.time_budget(budget):
+        return _run_case(suite, case, keep_models)
+
+
+def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool) -> CaseResult:
     from harness.provenance import environment
 
     start = time.perf_counter()
@@ -484,6 +500,7 @@ def run_case(suite: SuiteSpec, case: CaseSpec, *, keep_models: bool = False) -> 
     folds: list[FoldResult] = []
     with _torch_settings(suite.threads):
         for fold in make_folds(ds, suite.folds, seed=suite.cv_seed, repeats=suite.repeats):
+            _util.check_budget(f"before fold {fold.index + 1} of {suite.folds * suite.repeats}")
             try:
                 folds.append(run_fold(suite, case, ds, fold))
             except TrainingError as err:  # fine-tuning, or training inside a pruning method

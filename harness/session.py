@@ -30,6 +30,7 @@ class Settings:
     report_dir: Path | None = None
     artifacts_dir: Path | None = None
     log_models: bool = False
+    time_budget: float | None = None  # seconds per case; the tighter of it and the suite's
 
     @classmethod
     def build(
@@ -41,6 +42,7 @@ class Settings:
         report_dir: Path | None = None,
         tracked: bool = True,
         log_models: bool = False,
+        time_budget: float | None = None,
     ) -> Settings:
         """Settings with paths resolved against ``root``. Case files go to the report directory,
         else (for MLflow to pick up) to ``.harness/artifacts`` when tracking is on."""
@@ -54,6 +56,7 @@ class Settings:
             report_dir=report,
             artifacts_dir=artifacts,
             log_models=log_models,
+            time_budget=time_budget,
         )
 
 
@@ -154,7 +157,9 @@ def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hi
             raise
         store.path(suite.name, case.name)  # a name that breaks the rule still fails
         baseline = None  # unreadable or malformed: --harness-regen replaces it
-    result = run_case(suite, case, keep_models=settings.log_models)
+    result = run_case(
+        suite, case, keep_models=settings.log_models, time_budget=settings.time_budget
+    )
     written = obtained = None
     warnings: list[str] = []
     fresh = Baseline.from_result(result, threads=suite.threads)

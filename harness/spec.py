@@ -156,6 +156,7 @@ class SuiteSpec:
     edge: tuple[str, ...] = ()  # edge-case sets (harness.data.edge) for every case
     source: str = "<python>"
     numerics: str | None = None  # "portable" | "native"; None: the session's (harness.numerics)
+    time_budget: float | None = None  # seconds per case (not part of the spec hash)
 
     @property
     def cv_seed(self) -> int:
@@ -308,6 +309,62 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be > 0"
 
 
+# Upper bounds on every count and size a suite sets (README, "Guarantees"): far above any real
+# use, low enough that a typo (10**9 epochs) is refused at once instead of running until CI's
+# timeout or running out of memory.
+BOUNDS: dict[str, int] = {
+    "seed": 2**32 - 1,  # numpy's and scikit-learn's seed range
+    "threads": 1024,
+    "cv.folds": 1000,
+    "cv.repeats": 100,
+    "train.epochs": 100_000,
+    "train.batch_size": 1_000_000,
+    "train.step_size": 100_000,
+    "prune.steps": 1000,
+    "latency.batch": 65_536,
+    "latency.warmup": 100_000,
+    "latency.repeats": 100_000,
+    "checks.examples": 100_000,
+    "time_budget": 7 * 24 * 3600,  # seconds
+}
+
+
+def _count(key: str, low: int = 1) -> Callable[[int], str | None]:
+    """An integer in ``[low, BOUNDS[key]]``."""
+    high = BOUNDS[key]
+
+    def check(value: int) -> str | None:
+        if value < low:
+            return f"must be >= {low}"
+        return None if value <= high else f"must be <= {high} (the harness's bound)"
+
+    return check
+
+
+def _budget(value: float) -> str | None:
+    """A time budget in seconds: > 0 and at most ``BOUNDS["time_budget"]``."""
+    if value <= 0:
+        return "must be > 0 (seconds)"
+    high = BOUNDS["time_budget"]
+    return None if value <= high else f"must be <= {high} seconds (the harness's bound)"
+
+
+def _fraction_below_one(value: float) -> str | None:
+    return None if 0 < value < 1 else "must be > 0 and < 1"
+
+
+def _non_finite(value: Any, key: str) -> tuple[str, Any] | None:
+    """The first non-finite number inside ``value`` (nested tables and arrays), as (key, value)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, value
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    if isinstance(value, dict | list):
+        for k, v in items:
+            if found := _non_finite(v, f"{key}.{k}" if isinstance(k, str) else f"{key}[{k}]"):
+                return found
+    return None
+
+
 def _non_negative(value: float) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
@@ -321,16 +378,22 @@ def _one_of(options: tuple[str, ...]) -> Callable[[str], str | None]:
 
 def _train(table: _Table, defaults: TrainSpec) -> TrainSpec:
     spec = TrainSpec(
-        epochs=table.take("epochs", int, defaults.epochs, _positive),
+        epochs=table.take("epochs", int, defaults.epochs, _count("train.epochs")),
         lr=table.take("lr", float, defaults.lr, _positive),
         optimizer=table.take("optimizer", str, defaults.optimizer, _one_of(OPTIMIZERS)),
         scheduler=table.take("scheduler", str, defaults.scheduler, _one_of(SCHEDULERS)),
-        batch_size=table.take("batch_size", int, defaults.batch_size, _positive),
+        batch_size=table.take("batch_size", int, defaults.batch_size, _count("train.batch_size")),
         weight_decay=table.take("weight_decay", float, defaults.weight_decay, _non_negative),
         momentum=table.take("momentum", float, defaults.momentum, _non_negative),
-        step_size=table.take("step_size", int, defaults.step_size, _positive),
+        step_size=table.take("step_size", int, defaults.step_size, _count("train.step_size")),
         gamma=table.take("gamma", float, defaults.gamma, _positive),
     )
+    if spec.scheduler == "plateau" and (problem := _fraction_below_one(spec.gamma)):
+        raise table.fail("gamma", spec.gamma, f'{problem} with scheduler = "plateau"')
+    if spec.weight_decay * spec.lr >= 1:
+        raise table.fail(
+            "weight_decay", spec.weight_decay, f"times lr ({spec.lr:g}) must be < 1 (it diverges)"
+        )
     table.done()
     return spec
 
@@ -359,7 +422,7 @@ def _prune(table: _Table) -> PruneSpec:
     if method not in registry.names():
         raise table.fail("method", method, f"unknown method (known: {', '.join(registry.names())})")
     schedule = table.take("schedule", str, "oneshot", _one_of(SCHEDULES))
-    steps = table.take("steps", int, 1 if schedule == "oneshot" else 3, _positive)
+    steps = table.take("steps", int, 1 if schedule == "oneshot" else 3, _count("prune.steps"))
     if schedule == "oneshot" and steps != 1:
         raise table.fail("steps", steps, 'must be 1 with schedule = "oneshot"')
     spec = PruneSpec(
@@ -370,6 +433,8 @@ def _prune(table: _Table) -> PruneSpec:
         steps=steps,
         args=table.take("args", dict, {}),
     )
+    if (found := _non_finite(dict(spec.args), "args")) is not None:
+        raise table.fail(found[0], found[1], "must be finite")
     table.done()
     if (problem := registry.get(method).check(spec)) is not None:
         raise table.fail("args", dict(spec.args), problem)
@@ -449,31 +514,30 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
     except ModelError as err:
         raise suite.fail("model", model, str(err)) from err
     model_args = suite.take("model_args", dict, {})
-    _check_model(suite, model, model_args, dataset, dataset_args, base)
-    seed = suite.take("seed", int, 0, _non_negative)
-    threads = suite.take("threads", int, 1, _positive)
+    built = _check_model(suite, model, model_args, dataset, dataset_args, base)
+    seed = suite.take("seed", int, 0, _count("seed", 0))
+    threads = suite.take("threads", int, 1, _count("threads"))
     numerics = suite.take("numerics", str, None, _one_of(NUMERICS_MODES))
+    time_budget = suite.take("time_budget", float, None, _budget)
     suite.done()
 
     cv = top.sub("cv")
-    folds = cv.take("folds", int, 5)
-    if folds < 2:
-        raise cv.fail("folds", folds, "must be >= 2")
+    folds = cv.take("folds", int, 5, _count("cv.folds", 2))
     smallest = data_registry.smallest_class(dataset, dataset_args, base)
     if folds > smallest:
         raise cv.fail(
             "folds", folds, f"more folds than the smallest class has samples ({smallest})"
         )
-    repeats = cv.take("repeats", int, 1, _positive)
-    fold_seed = cv.take("seed", int, None, _non_negative)
+    repeats = cv.take("repeats", int, 1, _count("cv.repeats"))
+    fold_seed = cv.take("seed", int, None, _count("seed", 0))
     cv.done()
 
     train = _train(top.sub("train"), TrainSpec())
     lat = top.sub("latency")
     latency = LatencySpec(
-        batch=lat.take("batch", int, 256, _positive),
-        warmup=lat.take("warmup", int, 10, _non_negative),
-        repeats=lat.take("repeats", int, 50, _positive),
+        batch=lat.take("batch", int, 256, _count("latency.batch")),
+        warmup=lat.take("warmup", int, 10, _count("latency.warmup", 0)),
+        repeats=lat.take("repeats", int, 50, _count("latency.repeats")),
     )
     lat.done()
     ds = data_registry.load_dataset(dataset, dataset_args, base)
@@ -484,7 +548,7 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         properties=chk.take("properties", bool, True),
         differential=chk.take("differential", bool, True),
         radius=chk.take("radius", float, 0.5, _positive),
-        examples=chk.take("examples", int, 40, _positive),
+        examples=chk.take("examples", int, 40, _count("checks.examples")),
     )
     chk.done()
     edge_table = top.sub("edge")
@@ -510,6 +574,7 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         if any(c.name == case_name for c in cases):
             raise table.fail("name", case_name, "duplicate case name")
         prune = _prune(table.sub("prune"))
+        _check_ignore(table, prune, built)
         finetune = _train(table.sub("finetune"), train) if "finetune" in table.data else None
         case_gate = _rules(table.sub("gate"), n_classes)
         case_edge = _edge_sets(table, "edge", ds, base) if "edge" in table.data else None
@@ -539,7 +604,27 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         edge=edge,
         source=source,
         numerics=numerics,
+        time_budget=time_budget,
     )
+
+
+def _check_ignore(table: _Table, prune: PruneSpec, model: Any) -> None:
+    """Every name in ``prune.args.ignore`` is a prunable layer of the model (a typo would
+    otherwise prune the layer it meant to keep)."""
+    from harness.pruning.base import prunable_modules
+
+    names = prune.args.get("ignore")
+    if not isinstance(names, list):
+        return
+    known = [n for n, _ in prunable_modules(model)]
+    for name in names:
+        if name not in known:
+            raise SpecError(
+                table.source,
+                f"{table.path}.prune.args.ignore",
+                name,
+                f"no such prunable layer (the model has: {', '.join(known)})",
+            )
 
 
 def _edge_sets(table: _Table, key: str, dataset: Any, base: Path) -> tuple[str, ...]:
@@ -571,15 +656,18 @@ def _check_model(
     dataset: str,
     dataset_args: dict[str, Any],
     base: Path,
-) -> None:
+) -> Any:
     from harness.data import load_dataset
     from harness.models import ModelError, build
 
     ds = load_dataset(dataset, dataset_args, base)
     try:
-        build(model, ds.n_features, ds.n_classes, model_args)
+        built = build(model, ds.n_features, ds.n_classes, model_args)
     except ModelError as err:
         raise table.fail("model_args", model_args, str(err)) from err
+    except MemoryError:
+        raise table.fail("model_args", model_args, "out of memory building the model") from None
+    return built
 
 
 def load_suite(path: str | Path) -> SuiteSpec:

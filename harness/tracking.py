@@ -173,11 +173,13 @@ class MlflowTracker(Tracker):
             return
         try:
             end_session(self.client, self.session_run, passed)
-        except Exception as err:
+        except Exception as err:  # the verdict waits in the outbox, like the cases
             self.messages.append(
                 f"MLflow at {self.shown_uri}: could not close the session run "
-                f"({describe_failure(err)})"
+                f"({describe_failure(err)}); its verdict is kept in {self.outbox}/ (replay: "
+                f"prune-harness mlflow-sync --mlflow-uri {self.shown_uri})"
             )
+            self._write_outbox("~session-end", {"session": vars(self.session), "passed": passed})
             return
         self.messages.append(
             f"results logged to MLflow at {self.shown_uri} "

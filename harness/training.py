@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness._util import HarnessError
+from harness._util import HarnessError, check_budget
 from harness.spec import DistillSpec, TrainSpec
 
 
@@ -121,7 +121,8 @@ def fit(
     loss_fn = nn.CrossEntropyLoss()
     losses, lrs = [], []
     model.train()
-    for _ in range(spec.epochs):
+    for epoch in range(spec.epochs):
+        check_budget(f"training, epoch {epoch + 1} of {spec.epochs}")
         order = torch.randperm(n, generator=gen)
         total = 0.0
         lrs.append(float(opt.param_groups[0]["lr"]))

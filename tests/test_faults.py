@@ -6,6 +6,7 @@ are real (pytester sessions, tiny models trained on real or generated data)."""
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import sqlite3
@@ -514,3 +515,126 @@ def test_two_concurrent_syncs_log_each_case_once(tmp_path: Path) -> None:
     cases = client.search_runs([exp], "tags.`harness.kind` = 'case'")
     assert len(cases) == 2 and all(c.data.tags[tracking.COMPLETE] == "true" for c in cases)
     assert not list(outbox.glob("*.json"))
+
+
+# --- 10 / 11 / 12. bounds on every count, a time budget, names and numbers that must exist
+
+WINE: dict = {
+    "suite": {"name": "w", "dataset": "sklearn:wine", "model_args": {"hidden": [8]}},
+    "cv": {"folds": 3},
+    "train": {"epochs": 2, "lr": 0.01},
+    "case": [{"name": "c", "prune": {"method": "magnitude", "sparsity": 0.5}}],
+}
+
+
+PRUNE = ("case", 0, "prune")
+
+
+def _spec_error(changes: dict[tuple, object]) -> str:
+    import copy
+
+    from harness.spec import SpecError, suite_from_dict
+
+    data = copy.deepcopy(WINE)
+    for path, value in changes.items():
+        node: dict = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {}) if isinstance(part, str) else node[part]
+        node[path[-1]] = value
+    with pytest.raises(SpecError) as err:
+        suite_from_dict(data)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({("train", "epochs"): 10**9}, "train.epochs = 1000000000: must be <= 100000"),
+        ({("cv", "repeats"): 10**9}, "cv.repeats = 1000000000: must be <= 100"),
+        ({("latency", "repeats"): 10**9}, "latency.repeats = 1000000000: must be <= 100000"),
+        ({("latency", "batch"): 10**12}, "latency.batch = 1000000000000: must be <= 65536"),
+        ({("checks", "examples"): 10**9}, "checks.examples = 1000000000: must be <= 100000"),
+        ({("suite", "seed"): 2**64}, f"suite.seed = {2**64}: must be <= 4294967295"),
+        ({("cv", "seed"): -1}, "cv.seed = -1: must be >= 0"),
+        ({("suite", "threads"): 10**6}, "suite.threads = 1000000: must be <= 1024"),
+        (
+            {("case", 0, "prune", "schedule"): "iterative", ("case", 0, "prune", "steps"): 10**9},
+            "case[c].prune.steps = 1000000000: must be <= 1000",
+        ),
+        ({("train", "weight_decay"): 1e308}, "train.weight_decay = 1e+308: times lr (0.01)"),
+        (
+            {("train", "scheduler"): "plateau", ("train", "gamma"): 1.5},
+            'train.gamma = 1.5: must be > 0 and < 1 with scheduler = "plateau"',
+        ),
+        ({("suite", "time_budget"): 0}, "suite.time_budget = 0.0: must be > 0 (seconds)"),
+        ({("suite", "time_budget"): 1e12}, "suite.time_budget = 1000000000000.0: must be <="),
+        (
+            {
+                ("case", 0, "prune"): {
+                    "method": "structured",
+                    "sparsity": 0.3,
+                    "args": {"ignore": ["nope"]},
+                }
+            },
+            "case[c].prune.args.ignore = 'nope': no such prunable layer (the model has: 0, 2)",
+        ),
+        (
+            {
+                ("case", 0, "prune"): {
+                    "method": "lrp",
+                    "sparsity": 0.3,
+                    "args": {"ignore": ["2", "x"]},
+                }
+            },
+            "case[c].prune.args.ignore = 'x': no such prunable layer",
+        ),
+        (
+            {
+                ("case", 0, "prune"): {
+                    "method": "l1",
+                    "sparsity": 0.5,
+                    "args": {"strength": math.nan},
+                }
+            },
+            "case[c].prune.args.strength = nan: must be finite",
+        ),
+        ({("suite", "model_args"): {"hidden": [10**12]}}, "suite.model_args = {'hidden': [10"),
+    ],
+    ids=lambda v: "-".join(str(p) for p in v) if isinstance(v, tuple) else None,
+)
+def test_out_of_bounds_and_unknown_are_one_line(changes: dict, expected: str) -> None:
+    assert expected in _spec_error(changes)
+
+
+def test_time_budget_stops_a_case_in_one_line(pytester: pytest.Pytester) -> None:
+    p = pytester
+    _suite(p.path, "s", epochs=100_000)
+    res = p.runpytest("suites", NO_MLFLOW, "--harness-regen", "--harness-time-budget", "2")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(
+        ["s::mag-50: ran past its time budget of 2 s (training, epoch * of 100000); raise*"]
+    )
+    assert not (p.path / "baselines" / "s" / "mag-50.json").exists()
+    res = p.runpytest("suites", "--harness-time-budget", "nan")
+    res.stderr.fnmatch_lines(["*--harness-time-budget=nan: must be seconds > 0*"])
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_time_budget_the_tighter_wins() -> None:
+    import tomllib
+
+    from conftest import TINY_SUITE
+
+    from harness._util import BudgetError
+    from harness.runner import run_case
+    from harness.spec import suite_from_dict
+
+    data = tomllib.loads(TINY_SUITE)
+    data["suite"]["time_budget"] = 1e-9
+    suite = suite_from_dict(data)
+    with pytest.raises(BudgetError, match="time budget of 1e-09 s"):
+        run_case(suite, suite.cases[0], time_budget=3600)
+    assert suite.spec_hash(suite.cases[0]) == suite_from_dict(tomllib.loads(TINY_SUITE)).spec_hash(
+        suite.cases[0]
+    )  # a budget changes no result: not part of the spec hash

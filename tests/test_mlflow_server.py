@@ -542,3 +542,145 @@ def test_outage_mid_session_then_replay_with_mlflow_sync(
     assert "synced 0, skipped 1" in out
     assert not _outbox(p)
     check_store()
+
+
+class CuttingProxy:
+    """An HTTP proxy on loopback in front of a tracking server that, from its ``cut``-th
+    request on, drops every connection: before forwarding (the server never saw the request)
+    or after (the server did the work, the client never heard back). ``cut = 0``: never."""
+
+    def __init__(self, upstream: str, *, cut: int = 0, after: bool = False) -> None:
+        import http.client
+        import http.server
+        import threading
+
+        self.count, self.cut, self.after = 0, cut, after
+        lock = threading.Lock()
+        host, port = upstream.removeprefix("http://").split(":")
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _relay(self) -> None:
+                with lock:
+                    proxy.count += 1
+                    dead = 0 < proxy.cut <= proxy.count
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if dead and not proxy.after:
+                    return self._drop()
+                conn = http.client.HTTPConnection(host, int(port), timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                if dead:
+                    return self._drop()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _drop(self) -> None:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _case_state(client: Any, outcome_id: str) -> tuple[int, frozenset[str], list[Any], set[str]]:
+    """(active case runs, their metric names, fold runs' metric names, artifacts) of one outcome."""
+    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = client.search_runs([exp], f"tags.`harness.outcome_id` = '{outcome_id}'")
+    if len(runs) != 1:
+        return len(runs), frozenset(), [], set()
+    run = runs[0]
+    folds = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert run.data.tags.get("harness.complete") == "true"
+    return (
+        1,
+        frozenset(run.data.metrics),
+        sorted((f.data.tags["harness.fold"], frozenset(f.data.metrics)) for f in folds),
+        {a.path for a in client.list_artifacts(run.info.run_id)},
+    )
+
+
+def test_server_cut_at_every_request_then_sync_leaves_every_case_complete(
+    mlflow_server: Callable[..., MlflowServer],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Issue 10's bar: after a server failure at any request of a session, ``mlflow-sync``
+    leaves every case complete in MLflow (metrics, fold runs, artifacts) and none twice."""
+    import dataclasses
+    import tomllib
+    import uuid
+
+    from conftest import TINY_SUITE
+
+    from harness import tracking
+    from harness.session import Settings, check_case
+    from harness.spec import suite_from_dict
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    server = mlflow_server()
+    suite = suite_from_dict(tomllib.loads(TINY_SUITE))
+    settings = Settings(
+        baselines=tmp_path / "baselines", regen=True, artifacts_dir=tmp_path / "artifacts"
+    )
+    case = suite.cases[0]
+    template = check_case(suite, case, settings, regen_hint="-")
+    client = _client(server.uri)
+
+    sessions: list[str] = []
+
+    def session(proxy: CuttingProxy, outbox: Path) -> str:
+        outcome = dataclasses.replace(template, id=uuid.uuid4().hex)
+        tracker = tracking.MlflowTracker(proxy.uri, session_name="cut", outbox=outbox)
+        sessions.append(tracker.session.id)
+        tracker.log_case(outcome)
+        tracker.close(True)
+        return outcome.id
+
+    def session_closed() -> bool:
+        exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+        found = client.search_runs([exp], f"tags.`harness.session_id` = '{sessions[-1]}'")
+        return len(found) == 1 and found[0].info.status == "FINISHED"
+
+    # the reference: one session through a proxy that never cuts
+    proxy = CuttingProxy(server.uri)
+    reference = _case_state(client, session(proxy, tmp_path / "never"))
+    proxy.close()
+    total = proxy.count
+    assert reference[0] == 1 and len(reference[2]) == 2 and reference[3] >= CASE_ARTIFACTS
+    assert total > 10  # experiment, session run, case run, batches, artifacts, folds, tags
+    for after in (False, True):
+        for cut in range(1, total + 1):
+            outbox = tmp_path / f"outbox-{int(after)}-{cut}"
+            proxy = CuttingProxy(server.uri, cut=cut, after=after)
+            outcome_id = session(proxy, outbox)
+            proxy.close()
+            report = tracking.sync_outbox(server.uri, outbox)
+            where = f"cut at request {cut} of {total} ({'after' if after else 'before'} it)"
+            assert report.failed == [], where
+            assert not list(outbox.glob("*.json")), where
+            assert _case_state(client, outcome_id) == reference, where
+            assert session_closed(), where
