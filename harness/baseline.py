@@ -25,6 +25,7 @@ from harness.provenance import environment
 from harness.runner import CaseResult, MetricSummary
 
 SCHEMA_VERSION = 1
+MAX_BYTES = 64 * 1024 * 1024  # a baseline of 1,000 metrics x 100 folds is about 3 MB
 
 
 class BaselineError(HarnessError):
@@ -136,9 +137,16 @@ class BaselineStore:
         if not path.exists():
             return None
         try:
+            if (size := path.stat().st_size) > MAX_BYTES:
+                raise BaselineError(f"{path}: {size} bytes, more than a baseline has ({MAX_BYTES})")
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise BaselineError(f"{path}: not readable JSON ({err})") from err
+        except (OSError, UnicodeDecodeError, ValueError) as err:  # ValueError: JSON, digits
+            if isinstance(err, BaselineError):
+                raise
+            text = " ".join(str(err).split())[:200]
+            raise BaselineError(f"{path}: not readable JSON ({text})") from None
+        except RecursionError:
+            raise BaselineError(f"{path}: not readable JSON (nested too deeply)") from None
         return _parse(data, path)
 
     def save(self, baseline: Baseline) -> Path:
@@ -184,9 +192,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a hostile file may hold huge values)."""
+    try:
+        text = value if isinstance(value, str) and value.startswith("<") else repr(value)
+    except (ValueError, RecursionError):  # a 5,000-digit integer, deep nesting
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _parse(data: Any, path: Path) -> Baseline:
     def bad(key: str, value: Any, problem: str) -> BaselineError:
-        return BaselineError(f"{path}: {key} = {value!r}: {problem}")
+        return BaselineError(f"{path}: {key} = {_short(value)}: {problem}")
 
     if not isinstance(data, dict):
         raise bad("<root>", type(data).__name__, "must be a JSON object")
@@ -212,7 +229,10 @@ def _parse(data: Any, path: Path) -> Baseline:
             and all(_is_number(v) for v in [*m["folds"], m.get("mean"), m.get("std")])
         ):
             raise bad(f"metrics.{name}", m, 'must be {"folds": [numbers], "mean": x, "std": x}')
-        summary = MetricSummary.from_dict(m)
+        try:
+            summary = MetricSummary.from_dict(m)
+        except OverflowError:  # an integer beyond any float
+            raise bad(f"metrics.{name}", "<huge number>", "numbers must be finite") from None
         if not all(math.isfinite(v) for v in (*summary.folds, summary.mean, summary.std)):
             raise bad(f"metrics.{name}", m, "numbers must be finite")
         if summary.folds and not math.isclose(
@@ -236,12 +256,14 @@ def _parse(data: Any, path: Path) -> Baseline:
 
 def _dataset_digest(value: Any, path: Path) -> str:
     if not isinstance(value, str) or not all(c in "0123456789abcdef" for c in value):
-        raise BaselineError(f"{path}: dataset_digest = {value!r}: must be a hexadecimal string")
+        raise BaselineError(
+            f"{path}: dataset_digest = {_short(value)}: must be a hexadecimal string"
+        )
     return value
 
 
 def _pie_ids(pie: Any, path: Path) -> tuple[int, ...]:
     ids = pie.get("ids", []) if isinstance(pie, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, int) and i >= 0 for i in ids):
-        raise BaselineError(f'{path}: pie = {pie!r}: must be {{"ids": [sample indices]}}')
+        raise BaselineError(f'{path}: pie = {_short(pie)}: must be {{"ids": [sample indices]}}')
     return tuple(ids)

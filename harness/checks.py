@@ -32,11 +32,14 @@ region by itself, but shrinks a known one towards its validation row.
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -220,7 +223,7 @@ def _search(
         return True
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _private_storage():
             # run-time use, e.g. a conftest that runs a suite while pytest starts up
             warnings.simplefilter("ignore", HypothesisSideeffectWarning)
             return find(
@@ -230,6 +233,26 @@ def _search(
         return None
     except _OutOfBudget:
         return last[0] if last else None
+
+
+@contextmanager
+def _private_storage() -> Iterator[None]:
+    """Hypothesis keeps caches (the constants it mines from loaded modules) under
+    ``./.hypothesis``; during the harness's searches they go to a folder of the system's
+    temporary directory instead, so a gate run writes nothing into the user's working tree.
+    The user's own setting (``HYPOTHESIS_STORAGE_DIRECTORY``) is left alone."""
+    from hypothesis import configuration
+
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        yield
+        return
+    key = "__hypothesis_home_directory"
+    before = vars(configuration).get(key)
+    configuration.set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "prune-harness-hypothesis")
+    try:
+        yield
+    finally:
+        configuration.set_hypothesis_home_dir(before)
 
 
 def _f32_bound(value: float) -> float:

@@ -152,6 +152,8 @@ def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hi
     store = BaselineStore(settings.baselines)
     try:
         baseline = store.load(suite.name, case.name)
+        if baseline is not None and baseline.spec_hash == suite.spec_hash(case):
+            _check_fold_counts(baseline, suite.folds * suite.repeats, store)
     except BaselineError:
         if not settings.regen:
             raise
@@ -202,6 +204,17 @@ def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hi
             return replace(outcome, warnings=(*outcome.warnings, note))
         outcome = replace(outcome, artifacts=str(folder))
     return outcome
+
+
+def _check_fold_counts(baseline: Baseline, expected: int, store: BaselineStore) -> None:
+    """A baseline of this very spec has one value per fold the suite runs in every per-fold
+    metric (case-level metrics have none): an edited file that disagrees is refused."""
+    for name, summary in baseline.metrics.items():
+        if summary.folds and len(summary.folds) != expected:
+            raise BaselineError(
+                f"{store.path(baseline.suite, baseline.case)}: metrics.{name}.folds has "
+                f"{len(summary.folds)} values; the suite runs {expected} folds"
+            )
 
 
 @dataclass

@@ -335,7 +335,7 @@ def _count(key: str, low: int = 1) -> Callable[[int], str | None]:
 
     def check(value: int) -> str | None:
         if value < low:
-            return f"must be >= {low}"
+            return "must be > 0" if low == 1 else f"must be >= {low}"
         return None if value <= high else f"must be <= {high} (the harness's bound)"
 
     return check
@@ -357,8 +357,8 @@ def _non_finite(value: Any, key: str) -> tuple[str, Any] | None:
     """The first non-finite number inside ``value`` (nested tables and arrays), as (key, value)."""
     if isinstance(value, float) and not math.isfinite(value):
         return key, value
-    items = value.items() if isinstance(value, dict) else enumerate(value)
     if isinstance(value, dict | list):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
         for k, v in items:
             if found := _non_finite(v, f"{key}.{k}" if isinstance(k, str) else f"{key}[{k}]"):
                 return found

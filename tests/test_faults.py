@@ -638,3 +638,42 @@ def test_time_budget_the_tighter_wins() -> None:
     assert suite.spec_hash(suite.cases[0]) == suite_from_dict(tomllib.loads(TINY_SUITE)).spec_hash(
         suite.cases[0]
     )  # a budget changes no result: not part of the spec hash
+
+
+def test_baseline_fold_count_must_match_the_suite(pytester: pytest.Pytester) -> None:
+    p = pytester
+    _suite(p.path, "s")
+    p.runpytest("suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=1)
+    path = p.path / "baselines" / "s" / "mag-50.json"
+    data = json.loads(path.read_text())
+    m = data["metrics"]["pruned.accuracy"]
+    m["folds"] = [*m["folds"], m["mean"]]  # three values, mean unchanged: only the count is off
+    path.write_text(json.dumps(data))
+    res = p.runpytest("suites", NO_MLFLOW)
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(
+        [f"s::mag-50: {path}: metrics.pruned.accuracy.folds has 3 values; the suite runs 2 folds"]
+    )
+    p.runpytest("suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {
+                ("suite", "dataset"): "synthetic:classification",
+                ("suite", "dataset_args"): {"n_samples": 10**12},
+            },
+            "n_samples * n_features = 20000000000000: at most 1000000000",
+        ),
+        (
+            {("suite", "dataset"): "mnist1d", ("suite", "dataset_args"): {"num_samples": 10**9}},
+            "num_samples = 1000000000: at most 1000000",
+        ),
+        ({("edge",): {"sets": ["gaussian_noise:1e308"]}}, "'1e308': at most 1e+06 in magnitude"),
+    ],
+    ids=["synthetic", "mnist1d", "edge"],
+)
+def test_huge_sizes_are_one_line(changes: dict, expected: str) -> None:
+    assert expected in _spec_error(changes)

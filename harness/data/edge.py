@@ -536,6 +536,7 @@ def _integer(what: str) -> Callable[[float], str | None]:
     return lambda v: None if v == int(v) else f"{what} must be a whole number"
 
 
+PARAM_MAX = 1e6  # any parameter: beyond it inputs overflow float32 (standardized units)
 PARAM_RULES: dict[str, Callable[[float], str | None]] = {
     "gaussian_noise": _at_least(0, "sigma"),
     "feature_dropout": _fraction("probability p", closed_low=True),
@@ -595,6 +596,8 @@ def parse_edge(text: str) -> EdgeSet:
     number = _number(rest) if rest else None
     if number is None:
         raise fail(f"parameter {rest!r} is not a finite number")
+    if abs(number) > PARAM_MAX:
+        raise fail(f"parameter {rest!r}: at most {PARAM_MAX:g} in magnitude (the harness's bound)")
     problem = PARAM_RULES[kind](number)
     if problem:
         raise fail(f"{kind}: {problem}")

@@ -71,6 +71,12 @@ def _mnist1d(args: Mapping[str, Any], base: Path) -> tuple:
     if unknown:
         raise DatasetError(f"unknown mnist1d dataset_args: {', '.join(sorted(unknown))}")
     settings.update(args)
+    count = settings.get("num_samples")
+    if isinstance(count, int) and count > MNIST1D_MAX_SAMPLES:
+        raise DatasetError(
+            f"num_samples = {count}: at most {MNIST1D_MAX_SAMPLES} (the harness's bound; "
+            "mnist1d generates samples one by one)"
+        )
     state = np.random.get_state()  # make_dataset seeds numpy's global RNG; leave it as it was
     try:
         data = make_dataset(_Args(settings))
@@ -99,9 +105,18 @@ def _synthetic(args: Mapping[str, Any], base: Path) -> tuple:
         "random_state": 0,
         **args,
     }
+    size = (
+        kwargs["n_samples"] * kwargs["n_features"]
+        if all(isinstance(kwargs[k], int) for k in ("n_samples", "n_features"))
+        else 0
+    )
+    if size > MAX_VALUES:
+        raise DatasetError(
+            f"n_samples * n_features = {size}: at most {MAX_VALUES} values (the harness's bound)"
+        )
     try:
         X, y = make_classification(**kwargs)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, MemoryError) as err:
         raise DatasetError(f"make_classification rejected dataset_args: {err}") from err
     return X, y, [str(c) for c in np.unique(y)], "tabular"
 
@@ -163,6 +178,10 @@ BUILTIN: dict[str, Callable[[Mapping[str, Any], Path], tuple]] = {
     "synthetic:classification": _synthetic,
 }
 FILE_KINDS = {"npz": _npz, "csv": _csv}
+
+
+MAX_VALUES = 10**9  # features x samples of a generated dataset (4 GB as float32)
+MNIST1D_MAX_SAMPLES = 10**6
 
 
 def names() -> list[str]:
