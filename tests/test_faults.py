@@ -13,6 +13,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,18 @@ def _suite(
         NPZ_SUITE.format(name=name, model=model, model_args=model_args, epochs=epochs, lr=lr),
         encoding="utf-8",
     )
+    return path
+
+
+def _regen_then_edit(p: pytest.Pytester, edit: Callable[[dict], None]) -> Path:
+    """Suite ``s`` with its baseline written, then ``edit`` applied to the stored
+    ``pruned.accuracy`` summary; the baseline's path."""
+    _suite(p.path, "s")
+    p.runpytest("suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=1)
+    path = p.path / "baselines" / "s" / "mag-50.json"
+    data = json.loads(path.read_text())
+    edit(data["metrics"]["pruned.accuracy"])
+    path.write_text(json.dumps(data))
     return path
 
 
@@ -362,14 +375,12 @@ def test_artifacts_folder_unwritable_does_not_fail_a_passing_case(tmp_path: Path
 
 def test_obtained_unwritable_keeps_the_verdict(pytester: pytest.Pytester) -> None:
     p = pytester
-    _suite(p.path, "s")
-    p.runpytest("suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=1)
-    path = p.path / "baselines" / "s" / "mag-50.json"
-    data = json.loads(path.read_text())
-    m = data["metrics"]["pruned.accuracy"]
-    m["folds"] = [v + 0.2 for v in m["folds"]]
-    m["mean"] += 0.2
-    path.write_text(json.dumps(data))
+
+    def raise_it(m: dict) -> None:
+        m["folds"] = [v + 0.2 for v in m["folds"]]
+        m["mean"] += 0.2
+
+    _regen_then_edit(p, raise_it)
     (p.path / "baselines" / ".obtained").write_text("not a folder")
     res = p.runpytest("suites", NO_MLFLOW)
     res.assert_outcomes(failed=1)
@@ -642,13 +653,11 @@ def test_time_budget_the_tighter_wins() -> None:
 
 def test_baseline_fold_count_must_match_the_suite(pytester: pytest.Pytester) -> None:
     p = pytester
-    _suite(p.path, "s")
-    p.runpytest("suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=1)
-    path = p.path / "baselines" / "s" / "mag-50.json"
-    data = json.loads(path.read_text())
-    m = data["metrics"]["pruned.accuracy"]
-    m["folds"] = [*m["folds"], m["mean"]]  # three values, mean unchanged: only the count is off
-    path.write_text(json.dumps(data))
+
+    def add_fold(m: dict) -> None:  # three values, mean unchanged: only the count is off
+        m["folds"] = [*m["folds"], m["mean"]]
+
+    path = _regen_then_edit(p, add_fold)
     res = p.runpytest("suites", NO_MLFLOW)
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(
