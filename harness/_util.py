@@ -15,6 +15,21 @@ class HarnessError(ValueError):
     the case's failure, the CLI as one line with exit code 2; anything else is a bug."""
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks escaped: a message stays one line whatever a file holds."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def shown(value: object, limit: int = 160) -> str:
+    """How a user's value appears in a message: ``repr``, cut to ``limit`` characters (a
+    hostile file may hold huge values: a 5,000-digit integer, deep nesting)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 NAME_MAX = 100  # characters: leaves room for ".json" and a temporary file's prefix and suffix
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 NAME_RULE = (

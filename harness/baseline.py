@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness._util import HarnessError, name_problem
+from harness._util import HarnessError, name_problem, one_line, shown
 from harness.provenance import environment
 from harness.runner import CaseResult, MetricSummary
 
@@ -192,18 +192,23 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _short(value: Any, limit: int = 120) -> str:
-    """``repr(value)``, cut to ``limit`` characters (a hostile file may hold huge values)."""
-    try:
-        text = value if isinstance(value, str) and value.startswith("<") else repr(value)
-    except (ValueError, RecursionError):  # a 5,000-digit integer, deep nesting
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _check_env(env: dict[str, Any], bad: Any) -> None:
+    """The parts of ``env`` the gate reads have their recorded shape (objects where objects
+    were written); other keys are informational and may be anything."""
+    hardware = env.get("hardware", {})
+    if not isinstance(hardware, dict):
+        raise bad("env.hardware", hardware, "must be an object")
+    numerics = hardware.get("numerics", {})
+    if not isinstance(numerics, dict):
+        raise bad("env.hardware.numerics", numerics, "must be an object")
+    variables = numerics.get("variables", {})
+    if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+        raise bad("env.hardware.numerics.variables", variables, "must be an object of strings")
 
 
 def _parse(data: Any, path: Path) -> Baseline:
     def bad(key: str, value: Any, problem: str) -> BaselineError:
-        return BaselineError(f"{path}: {key} = {_short(value)}: {problem}")
+        return BaselineError(f"{path}: {one_line(key)} = {shown(value)}: {problem}")
 
     if not isinstance(data, dict):
         raise bad("<root>", type(data).__name__, "must be a JSON object")
@@ -218,6 +223,7 @@ def _parse(data: Any, path: Path) -> Baseline:
             raise bad(key, data[key], f"does not match the file's location (expected {expected!r})")
     if not isinstance(data.get("env"), dict):
         raise bad("env", data.get("env"), "must be an object")
+    _check_env(data["env"], bad)
     raw = data.get("metrics")
     if not isinstance(raw, dict):
         raise bad("metrics", raw, "must be an object")
@@ -232,7 +238,7 @@ def _parse(data: Any, path: Path) -> Baseline:
         try:
             summary = MetricSummary.from_dict(m)
         except OverflowError:  # an integer beyond any float
-            raise bad(f"metrics.{name}", "<huge number>", "numbers must be finite") from None
+            raise bad(f"metrics.{name}", m, "numbers must be finite") from None
         if not all(math.isfinite(v) for v in (*summary.folds, summary.mean, summary.std)):
             raise bad(f"metrics.{name}", m, "numbers must be finite")
         if summary.folds and not math.isclose(
@@ -257,7 +263,7 @@ def _parse(data: Any, path: Path) -> Baseline:
 def _dataset_digest(value: Any, path: Path) -> str:
     if not isinstance(value, str) or not all(c in "0123456789abcdef" for c in value):
         raise BaselineError(
-            f"{path}: dataset_digest = {_short(value)}: must be a hexadecimal string"
+            f"{path}: dataset_digest = {shown(value)}: must be a hexadecimal string"
         )
     return value
 
@@ -265,5 +271,5 @@ def _dataset_digest(value: Any, path: Path) -> str:
 def _pie_ids(pie: Any, path: Path) -> tuple[int, ...]:
     ids = pie.get("ids", []) if isinstance(pie, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, int) and i >= 0 for i in ids):
-        raise BaselineError(f'{path}: pie = {_short(pie)}: must be {{"ids": [sample indices]}}')
+        raise BaselineError(f'{path}: pie = {shown(pie)}: must be {{"ids": [sample indices]}}')
     return tuple(ids)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness._util import HarnessError, name_problem
+from harness._util import HarnessError, name_problem, one_line, shown
 from harness.numerics import MODES as NUMERICS_MODES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -34,8 +34,8 @@ class SpecError(HarnessError):
 
     def __init__(self, source: str, key: str, value: Any, problem: str) -> None:
         self.source, self.key, self.value, self.problem = source, key, value, problem
-        shown = str(value) if isinstance(value, Marker) else repr(value)
-        text = f"{source}: {_one_line(key)} = {shown}: {_one_line(problem)}"
+        text = str(value) if isinstance(value, Marker) else shown(value)
+        text = f"{source}: {one_line(key)} = {text}: {one_line(problem)}"
         super().__init__(text)
 
 
@@ -44,10 +44,6 @@ class Marker(str):
 
 
 MISSING = Marker("<missing>")
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 @dataclass(frozen=True)
@@ -686,8 +682,9 @@ def load_suite(path: str | Path) -> SuiteSpec:
         raise SpecError(source, "<file>", str(path), f"cannot read: {err}") from err
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise SpecError(source, "<toml>", Marker("<invalid>"), f"invalid TOML: {err}") from err
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as err:  # ValueError: digits
+        problem = str(err) or "nested too deeply"
+        raise SpecError(source, "<toml>", Marker("<invalid>"), f"invalid TOML: {problem}") from None
     return suite_from_dict(data, source)
 
 

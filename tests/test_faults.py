@@ -13,7 +13,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -686,3 +686,106 @@ def test_baseline_fold_count_must_match_the_suite(pytester: pytest.Pytester) -> 
 )
 def test_huge_sizes_are_one_line(changes: dict, expected: str) -> None:
     assert expected in _spec_error(changes)
+
+
+# --- full and read-only file systems (a real tmpfs where it can be mounted), SIGKILL in regen
+
+
+@pytest.fixture
+def full_fs(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs, filled up: every write to it fails with ENOSPC. Needs the right to mount
+    (root, as on CI runners' containers); skipped elsewhere."""
+    where = tmp_path / "full"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()[:80]})")
+    try:
+        (where / "baselines" / "s").mkdir(parents=True)
+        (where / "outbox").mkdir()
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(where: Path) -> None:
+    with (where / "filler").open("wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+    with pytest.raises(OSError, match="No space left"):
+        (where / "probe").write_bytes(b"x" * 4096)
+
+
+def test_full_disk_regen_keeps_the_old_baseline(full_fs: Path) -> None:
+    store = BaselineStore(full_fs / "baselines")
+    old = Baseline.from_result(_result("aa"), threads=1)
+    path = store.save(old)
+    before = path.read_bytes()
+    _fill(full_fs)
+    with pytest.raises(BaselineError) as err:
+        store.save(Baseline.from_result(_result("bb"), threads=1))
+    assert str(err.value) == f"{path}: cannot be written (No space left on device)"
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["c.json"]  # no temporary file
+
+
+def test_full_disk_while_mlflow_is_down_keeps_the_session(
+    pytester: pytest.Pytester, full_fs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox on a full disk, its fallback blocked, the server unreachable: the session
+    still ends with its verdicts and says which results are only in the report."""
+    p = pytester
+    _suite(p.path, "s")
+    p.runpytest("suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=1)
+    (p.path / ".harness").symlink_to(full_fs)
+    _fill(full_fs)
+    tmp = p.path / "tmp"  # writable, but its fallback outbox is blocked by a file
+    tmp.mkdir()
+    (tmp / f"prune-harness-outbox-{os.getuid()}").write_text("blocked")
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    res = p.runpytest_subprocess("suites", "--harness-mlflow-uri", "http://127.0.0.1:9")
+    res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines(
+        [
+            "*MLflow at http://127.0.0.1:9 failed*",
+            "*s__mag-50-*: not logged to MLflow and no outbox could be written (*No space left*",
+            "*~session-end: not logged to MLflow and no outbox could be written*",
+        ]
+    )
+    res.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+
+def test_sigkill_during_regen_leaves_old_or_new_never_broken(pytester: pytest.Pytester) -> None:
+    p = pytester
+    _suite(p.path, "s")
+    p.runpytest("suites", NO_MLFLOW, "--harness-regen").assert_outcomes(passed=1)
+    path = p.path / "baselines" / "s" / "mag-50.json"
+    store = BaselineStore(p.path / "baselines")
+    cmd = [sys.executable, "-m", "harness.cli", "run", "suites/s.toml", "--regen", "--no-mlflow"]
+    for delay in (1.0, 2.0, 3.0, 4.0, 6.0):
+        proc = subprocess.Popen(
+            cmd, cwd=p.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert store.load("s", "mag-50") is not None  # old or new: always whole and valid
+        leftovers = [f.name for f in path.parent.iterdir() if f.name != "mag-50.json"]
+        assert all(n.startswith(".mag-50.json.") and n.endswith(".tmp") for n in leftovers)
+    ignored = p.path / ".gitignore"
+    ignored.write_text((Path(__file__).parents[1] / ".gitignore").read_text())
+    subprocess.run(["git", "init", "-q"], cwd=p.path, check=True)
+    probe = path.parent / ".mag-50.json.123.abcd.tmp"
+    probe.write_text("{}")
+    check = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=p.path, check=False)
+    assert check.returncode == 0  # a temporary file a kill leaves is never committed

@@ -234,11 +234,17 @@ def test_toml_writer_round_trips() -> None:
     assert tomllib.loads(_toml(SUITE)) == SUITE
 
 
+TOML_INSERTS = [
+    *["", "=", "[", "]]", '"', "\n[suite]\n", "nan", "1e400", "\x00", "é", "{a={b={c=1}}}"],
+    *["1" * 5000, "[" * 5000, "x = " + "[" * 5000],  # beyond int parsing, deep nesting
+]
+
+
 @FUZZ
 @given(
     cut=st.integers(0, 2000),
     drop=st.integers(0, 20),
-    insert=st.sampled_from(["", "=", "[", "]]", '"', "\n[suite]\n", "nan", "1e400", "\x00", "é"]),
+    insert=st.sampled_from(TOML_INSERTS),
 )
 def test_fuzz_suite_text(
     tmp_path_factory: pytest.TempPathFactory, cut: int, drop: int, insert: str
