@@ -1,6 +1,7 @@
 """A worker process with other numerics than its parent (``harness.numerics.run_in``).
 
-It reads length-prefixed pickled calls ``(function, args, kwargs)`` from stdin and answers each
+It reads length-prefixed pickled calls ``(sys.path, pickled (function, args, kwargs))`` from stdin
+(the parent's import path first, so the function's module resolves) and answers each
 with a pickled ``(ok, result or exception)`` on stdout; it ends when stdin closes. The pipe is
 private to the parent, which wrote both ends' code: nothing here reads files.
 """
@@ -28,7 +29,9 @@ def main() -> None:
         (size,) = _HEADER.unpack(header)
         payload = inp.read(size)
         try:
-            fn, args, kwargs = pickle.loads(payload)
+            paths, call = pickle.loads(payload)
+            sys.path[:] = [*paths, *(p for p in sys.path if p not in paths)]
+            fn, args, kwargs = pickle.loads(call)
             answer: tuple[bool, object] = (True, fn(*args, **kwargs))
         except Exception as err:  # the parent re-raises it
             answer = (False, err)

@@ -337,7 +337,11 @@ class Child:
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the child; its exceptions propagate."""
-        data = pickle.dumps((fn, args, kwargs))
+        # this process's import path travels with every call: a user's module directory added
+        # after the child started (a conftest, a plugin) resolves there too
+        data = pickle.dumps(
+            ([p for p in sys.path if isinstance(p, str)], pickle.dumps((fn, args, kwargs)))
+        )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         with self.lock:
             try:

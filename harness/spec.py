@@ -220,6 +220,9 @@ DEFAULT_RULES: tuple[RuleSpec, ...] = (
     RuleSpec("pruned.f1_macro", max_drop=0.01),
     RuleSpec("pruned.accuracy", max_drop=0.01),
     RuleSpec("vs_dense.f1_macro", max_drop=0.05),
+    # a pruned model that returns NaN / inf for extreme inputs, or breaks batch invariance or
+    # determinism, fails by default (skipped with a note where the checks are off)
+    RuleSpec("property_failures", max=0.0),
 )
 
 

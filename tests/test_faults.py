@@ -253,6 +253,21 @@ class _NanOnceTrained(nn.Module):
 
 def nan_after_training(in_features, n_classes):
     return _NanOnceTrained(in_features, n_classes)
+
+
+class _NanForExtremes(nn.Module):
+    def __init__(self, in_features, n_classes):
+        super().__init__()
+        self.fc = nn.Linear(in_features, n_classes)
+
+    def forward(self, x):
+        out = self.fc(x)
+        extreme = x.abs().amax(1, keepdim=True) > 1e3
+        return torch.where(extreme, torch.full_like(out, float("nan")), out)
+
+
+def nan_for_extremes(in_features, n_classes):
+    return _NanForExtremes(in_features, n_classes)
 """
 
 MODEL_PROBLEMS = {
@@ -789,3 +804,13 @@ def test_sigkill_during_regen_leaves_old_or_new_never_broken(pytester: pytest.Py
     probe.write_text("{}")
     check = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=p.path, check=False)
     assert check.returncode == 0  # a temporary file a kill leaves is never committed
+
+
+def test_nan_for_extreme_inputs_fails_under_the_default_rules(bad_models: pytest.Pytester) -> None:
+    p = bad_models
+    path = _suite(p.path, "s", model="bad_models:nan_for_extremes", model_args="{}")
+    text = path.read_text()
+    path.write_text(text.replace('[gate]\n"pruned.accuracy" = { max_drop = 0.05 }\n', ""))
+    res = p.runpytest("suites", NO_MLFLOW, "--harness-regen")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["s::mag-50: regressed", "property_failures: now *, allowed <= 0*"])
