@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -202,36 +202,8 @@ def test_fuzz_suite_tables(data: dict) -> None:
         spec.rules(case)
 
 
-def _toml(data: dict) -> str:
-    """A small TOML writer for the fuzzed suite (values as TOML literals)."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, float) and not math.isfinite(v):
-            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return "{" + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + "}"
-
-    lines = []
-    for table, body in data.items():
-        if table == "case":
-            for case in body:
-                lines.append("[[case]]")
-                lines += [f"{json.dumps(k)} = {value(v)}" for k, v in case.items()]
-        else:
-            lines.append(f"[{table}]")
-            lines += [f"{json.dumps(k)} = {value(v)}" for k, v in body.items()]
-    return "\n".join(lines) + "\n"
-
-
 def test_toml_writer_round_trips() -> None:
-    assert tomllib.loads(_toml(SUITE)) == SUITE
+    assert tomllib.loads(tomli_w.dumps(SUITE)) == SUITE
 
 
 TOML_INSERTS = [
@@ -249,7 +221,7 @@ TOML_INSERTS = [
 def test_fuzz_suite_text(
     tmp_path_factory: pytest.TempPathFactory, cut: int, drop: int, insert: str
 ) -> None:
-    text = _toml(SUITE)
+    text = tomli_w.dumps(SUITE)
     cut = min(cut, len(text))
     path = tmp_path_factory.mktemp("s") / "suites" / "w.toml"
     path.parent.mkdir()
