@@ -72,6 +72,6 @@ def test_taylor_prunes_the_lowest_scores_and_keeps_the_model_working() -> None:
 def test_check_rejects_bad_args() -> None:
     from harness.pruning import get
 
-    assert get("taylor").check(PruneSpec("taylor", 0.5, args={"batches": 0})) is not None
-    assert get("taylor").check(PruneSpec("taylor", 0.5, args={"nope": 1})) is not None
+    for args in ({"batches": 0}, {"nope": 1}):
+        assert next(iter(args)) in (get("taylor").check(PruneSpec("taylor", 0.5, args=args)) or "")
     assert get("taylor").check(PruneSpec("taylor", 0.5, args={"batches": 2})) is None

@@ -72,7 +72,7 @@ def test_snip_rejects_schedules_and_bad_args() -> None:
     cls = get("snip")
     assert cls.at_init
     assert "SNIP prunes once" in str(cls.check(PruneSpec("snip", 0.9, schedule="iterative")))
-    assert cls.check(PruneSpec("snip", 0.9, args={"batches": 0})) is not None
+    assert "batches" in (cls.check(PruneSpec("snip", 0.9, args={"batches": 0})) or "")
     assert cls.check(PruneSpec("snip", 0.9, args={"batches": 2})) is None
 
 
@@ -171,8 +171,9 @@ def test_structured_taylor_removes_neurons_of_least_first_order_importance() -> 
 def test_structured_taylor_check() -> None:
     cls = get("structured-taylor")
     assert cls.structured
-    assert cls.check(PruneSpec("structured-taylor", 0.5, args={"batch_size": -1})) is not None
-    assert cls.check(PruneSpec("structured-taylor", 0.5, args={"norm": 2})) is not None
+    for args in ({"batch_size": -1}, {"norm": 2}):
+        problem = cls.check(PruneSpec("structured-taylor", 0.5, args=args))
+        assert next(iter(args)) in (problem or ""), args
     assert cls.check(PruneSpec("structured-taylor", 0.5, args={"ignore": ["0"]})) is None
 
 
@@ -228,10 +229,9 @@ def test_regularized_then_threshold_pruned_once() -> None:
 def test_regularization_checks() -> None:
     for method in ("l1", "l2", "group-lasso"):
         cls = get(method)
-        assert cls.check(PruneSpec(method, 0.5, args={"strength": -1})) is not None
-        assert cls.check(PruneSpec(method, 0.5, args={"epochs": 0})) is not None
-        assert cls.check(PruneSpec(method, 0.5, args={"lr": 0})) is not None
-        assert cls.check(PruneSpec(method, 0.5, args={"what": 1})) is not None
+        for args in ({"strength": -1}, {"epochs": 0}, {"lr": 0}, {"what": 1}):
+            problem = cls.check(PruneSpec(method, 0.5, args=args))
+            assert next(iter(args)) in (problem or ""), (method, args)
         assert cls.check(PruneSpec(method, 0.5, args={"strength": 1e-4, "epochs": 3})) is None
     assert get("group-lasso").structured
 
@@ -328,5 +328,6 @@ def test_student_case_runs_and_is_smaller() -> None:
     result = run_fold(suite, suite.cases[0], ds, fold)  # type: ignore[arg-type, attr-defined]
     assert result.metrics["param_reduction"] >= 0.75
     assert result.metrics["pruned.accuracy"] > 0.8
-    assert get("student").check(PruneSpec("student", 0.5, args={"alpha": 2})) is not None
-    assert get("student").check(PruneSpec("student", 0.5, schedule="agp", steps=2)) is not None
+    student = get("student").check
+    assert "alpha" in (student(PruneSpec("student", 0.5, args={"alpha": 2})) or "")
+    assert "schedule" in (student(PruneSpec("student", 0.5, schedule="agp", steps=2)) or "")
