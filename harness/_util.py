@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 
 
 class HarnessError(ValueError):
@@ -53,6 +57,24 @@ def redact(text: str) -> str:
     """``text`` with the password of every ``scheme://user:password@host`` replaced by
     ``***``: for every URI the harness prints, logs or stores."""
     return _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` all at once: a temporary file next to it (created like any
+    other file, so the umask applies; its name starts with "." and ends with ".tmp"), synced,
+    then renamed over it. On any error the temporary file is removed and the error raised."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with tmp.open("x", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # never hide the error that got us here
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 class BudgetError(HarnessError):

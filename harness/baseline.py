@@ -8,19 +8,17 @@ metric name -> ``{"folds": [...], "mean": x, "std": x}``.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import math
 import os
-import secrets
 import statistics
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness._util import HarnessError, name_problem, one_line, shown
+from harness._util import HarnessError, name_problem, one_line, shown, write_text_atomic
 from harness.provenance import environment
 from harness.runner import CaseResult, MetricSummary
 
@@ -171,21 +169,8 @@ def _write(path: Path, baseline: Baseline) -> Path:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as sorted, indented JSON to ``path`` all at once: a temporary file next
-    to it (created like any other file, so the umask applies), synced, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, sort_keys=True, indent=2, allow_nan=False) + "\n"
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with tmp.open("x", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # never hide the error that got us here
-            tmp.unlink(missing_ok=True)
-        raise
+    """Write ``data`` as sorted, indented JSON to ``path`` atomically (``write_text_atomic``)."""
+    write_text_atomic(path, json.dumps(data, sort_keys=True, indent=2, allow_nan=False) + "\n")
 
 
 def _is_number(value: Any) -> bool:

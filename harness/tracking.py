@@ -11,7 +11,6 @@ never logs a case twice and replaces a case run the failure cut off.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness._util import redact
+from harness._util import redact, write_text_atomic
 
 if TYPE_CHECKING:
     from harness.session import Outcome
@@ -148,7 +147,7 @@ class MlflowTracker(Tracker):
         errors = []
         for folder in (self.outbox, fallback):
             try:
-                _write_record(folder, f"{int(time.time())}-{name}.json", text)
+                write_text_atomic(folder / f"{int(time.time())}-{name}.json", text)
             except OSError as err:
                 errors.append(f"{folder}: {err.strerror or err}")
                 continue
@@ -185,22 +184,6 @@ class MlflowTracker(Tracker):
             f"results logged to MLflow at {self.shown_uri} "
             f"(experiment {EXPERIMENT!r}, run {self.session_run})"
         )
-
-
-def _write_record(folder: Path, name: str, text: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    tmp = folder / f".{name}.{os.getpid()}.tmp"
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 class _Background:
