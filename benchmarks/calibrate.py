@@ -25,7 +25,8 @@ from pathlib import Path
 
 from harness.baseline import Baseline
 from harness.gate import evaluate
-from harness.runner import CaseResult, run_case
+from harness.results import CaseResult
+from harness.runner import run_case
 from harness.spec import POLICIES, RuleSpec, SuiteSpec, suite_from_dict
 
 SUITE = {
@@ -67,7 +68,7 @@ def _fails(result: CaseResult, baseline: Baseline, policy: str) -> bool:
     rule = RuleSpec(METRIC, max_drop=MARGIN, policy=policy)
     # the reruns differ from the baseline on purpose: compare as if the spec were the same
     same = dataclasses.replace(baseline, spec_hash=result.spec_hash)
-    verdict = evaluate(result, same, (rule,), threads=1, regen_hint="-")
+    verdict = evaluate(result, same, (rule,))
     return not verdict.ok
 
 

@@ -43,7 +43,7 @@ import calibrate
 from harness import numerics
 from harness.baseline import Baseline
 from harness.gate import CROSS_HARDWARE_ALPHA, CROSS_HARDWARE_POLICY, Rule
-from harness.runner import CaseResult
+from harness.results import CaseResult
 from harness.spec import POLICIES, RuleSpec
 
 PATHS: dict[str, dict[str, str]] = {

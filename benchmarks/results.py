@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.runner import CaseResult, run_case
+from harness.results import CaseResult
+from harness.runner import run_case
 from harness.spec import suite_from_dict
 
 

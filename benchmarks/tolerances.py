@@ -34,8 +34,8 @@ from typing import Any
 
 from harness import numerics
 from harness.baseline import BaselineStore
-from harness.metrics import Direction, rule_target
-from harness.runner import CaseResult
+from harness.metricnames import Direction, rule_target
+from harness.results import CaseResult
 from harness.spec import SuiteSpec, load_suite
 
 STEP = 0.005

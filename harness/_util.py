@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 
 class HarnessError(ValueError):
@@ -104,3 +106,24 @@ def check_budget(where: str) -> None:
             f"ran past its time budget of {deadline[1]:g} s ({where}); raise time_budget "
             "(suite key or --harness-time-budget) or make the case smaller"
         )
+
+
+def import_callable(ref: str) -> Callable[..., Any]:
+    """Import ``"module:callable"``; raises ``ImportError``/``AttributeError``/``ValueError``."""
+    import importlib
+
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError('must look like "module:callable"')
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"{ref} is not callable")
+    return obj
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as sorted, indented JSON to ``path`` atomically (write_text_atomic)."""
+    write_text_atomic(path, json.dumps(data, sort_keys=True, indent=2, allow_nan=False) + "\n")

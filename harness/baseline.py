@@ -11,16 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import statistics
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness._util import HarnessError, name_problem, one_line, shown, write_text_atomic
-from harness.provenance import environment
-from harness.runner import CaseResult, MetricSummary
+from harness._util import HarnessError, name_problem, one_line, shown, write_json_atomic
+from harness.provenance import environment, git_commit
+from harness.results import CaseResult, MetricSummary
 
 SCHEMA_VERSION = 1
 MAX_BYTES = 64 * 1024 * 1024  # a baseline of 1,000 metrics x 100 folds is about 3 MB
@@ -81,21 +79,6 @@ class Baseline:
 def same_hardware(a: dict[str, Any], b: dict[str, Any]) -> bool:
     keys = ("machine", "cpu", "cpu_count", "threads")
     return all(a.get(k) == b.get(k) for k in keys)
-
-
-def git(*args: str) -> str | None:
-    """Output of a git command in the working directory, or None."""
-    try:
-        out = subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
-
-
-def git_commit() -> str:
-    return os.environ.get("GITHUB_SHA") or git("rev-parse", "HEAD") or "unknown"
 
 
 OBTAINED = ".obtained"  # <root>/.obtained/<suite>/<case>.json: no suite name starts with "."
@@ -166,11 +149,6 @@ def _write(path: Path, baseline: Baseline) -> Path:
     except OSError as err:
         raise BaselineError(f"{path}: cannot be written ({err.strerror or err})") from err
     return path
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as sorted, indented JSON to ``path`` atomically (``write_text_atomic``)."""
-    write_text_atomic(path, json.dumps(data, sort_keys=True, indent=2, allow_nan=False) + "\n")
 
 
 def _is_number(value: Any) -> bool:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from harness._util import HarnessError, redact
 
 if TYPE_CHECKING:
+    from harness.results import Outcome
     from harness.spec import SuiteSpec
 
 
@@ -83,11 +84,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(paths: Sequence[Path]) -> list[SuiteSpec]:
+def _load(paths: Sequence[Path], *, resolved: bool = True) -> list[SuiteSpec]:
+    """Suite files, structurally valid and (``resolved``) checked against their data, model and
+    methods (:mod:`harness.resolve`)."""
     from harness.spec import SpecError, load_suite
 
     try:
-        return [load_suite(p) for p in paths]
+        suites = [load_suite(p) for p in paths]
+        if resolved:
+            from harness.resolve import resolve
+
+            suites = [resolve(s) for s in suites]
+        return suites
     except SpecError as err:
         raise UsageError(str(err)) from None
 
@@ -97,7 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     state = numerics.configure(args.numerics)  # before torch is imported
     from harness import report, tracking
-    from harness.session import Recorder, Settings, check_case
+    from harness.runner import DenseCache
+    from harness.session import Settings, check_case, open_recorder
     from harness.spec import BOUNDS
 
     if args.time_budget is not None and not 0 < args.time_budget <= BOUNDS["time_budget"]:
@@ -119,21 +128,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_models=args.log_models,
         time_budget=args.time_budget,
     )
-    tracker = (
-        tracking.Tracker()
-        if args.no_mlflow
-        else tracking.MlflowTracker(
-            args.mlflow_uri or tracking.default_uri(), session_name="prune-harness run"
-        )
+    recorder = open_recorder(
+        settings,
+        mlflow_uri=None if args.no_mlflow else args.mlflow_uri or tracking.default_uri(),
+        session_name="prune-harness run",
+        outbox=tracking.OUTBOX,
+        regen=_regen,
     )
-    recorder = Recorder(settings, tracker)
+    cache = DenseCache()
     print(f"numerics: {state.describe()}", flush=True)
     if state.note:
         print(f"note: {state.note}", flush=True)
     for suite, case in selected:
-        hint = f"`prune-harness run {shlex.quote(suite.source)} --case {case.name} --regen`"
         try:
-            outcome = check_case(suite, case, settings, regen_hint=hint)
+            outcome = check_case(suite, case, settings, cache=cache)
         except HarnessError as err:
             raise UsageError(f"{suite.name}::{case.name}: {err}") from None
         except MemoryError:
@@ -143,16 +151,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             ) from None
         status = outcome.verdict.status.value
         print(f"{suite.name}::{case.name} {status.upper()}", flush=True)
-        for line in outcome.verdict.lines() if not outcome.verdict.ok else []:
+        for line in outcome.verdict.lines(_regen(outcome)) if not outcome.verdict.ok else []:
             print(f"  {line}")
         recorder.add(outcome)
     recorder.finish()
-    report.write_step_summary(recorder.outcomes)
+    report.write_step_summary(recorder.outcomes, _regen)
     print()
     print("\n".join(report.terminal_lines(recorder.outcomes)))
     for line in recorder.messages:
         print(line)
     return 0 if all(o.verdict.ok for o in recorder.outcomes) else 1
+
+
+def _regen(outcome: Outcome) -> str:
+    """The command that rewrites one case's baseline, quoted for a POSIX shell."""
+    case = outcome.result.case
+    return f"`prune-harness run {shlex.quote(outcome.source)} --case {shlex.quote(case)} --regen`"
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -164,6 +178,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for name, summary, reference in rows:
         print(f"{name.ljust(width)}  {summary}")
         print(f"{' ' * width}  ({reference})")
+        if known := get(name).known_args():
+            print(f"{' ' * width}  args: {', '.join(known)}")
     print()
     print("Case options (combine with any method):")
     width = max(len(key) for key, _, _ in CASE_OPTIONS)
@@ -185,7 +201,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     paths = args.suites or sorted(Path("suites").glob("*.toml"))
     store = BaselineStore(args.baselines)
     seen = set()
-    for suite in _load(paths):
+    for suite in _load(paths, resolved=False):
         for case in suite.cases:
             path = store.path(suite.name, case.name)
             seen.add(path.resolve())
@@ -229,6 +245,7 @@ def cmd_mlflow_sync(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness import report, tracking
     from harness.baseline import BaselineStore
+    from harness.metricnames import HEADLINE
 
     if not ((args.branch and not args.runs) or (not args.branch and len(args.runs) == 2)):
         raise UsageError("compare: give two run ids (A B) or --branch NAME")
@@ -256,7 +273,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise
     except Exception as err:
         raise UsageError(f"MLflow at {redact(uri)}: {tracking.describe_failure(err)}") from None
-    metrics = None if args.all else (args.metric or list(report.COMPARE_METRICS))
+    metrics = None if args.all else (args.metric or list(HEADLINE))
     print("\n".join(report.compare_lines(side_a, side_b, labels, metrics)))
     return 0
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.baseline import Baseline, same_hardware
-from harness.metrics import Direction, MetricRef, parse_metric, rule_target
+from harness.metricnames import Direction, MetricRef, parse, rule_target
 from harness.numerics import reproducible
-from harness.runner import CaseResult
+from harness.results import CaseResult, Check, Remedy, Status, Verdict, fmt
 from harness.spec import RuleSpec
+
+__all__ = ["Check", "Rule", "Status", "Verdict", "evaluate"]
 
 EPS = 1e-12
 # How rules against a baseline from other hardware are judged (quality metrics are then not
@@ -20,41 +21,6 @@ CROSS_HARDWARE_POLICY = "noise_floor"  # harness.stats.noise_floor
 CROSS_HARDWARE_ALPHA = 0.05
 CROSS_HARDWARE_PREFIX = "hardware differs from the baseline's"
 MISSING_IN_BASELINE = "missing in the baseline"  # Check.note of a gated metric the baseline lacks
-
-
-class Status(Enum):
-    PASS = "pass"
-    REGRESSED = "regressed"
-    NEW = "new"  # no baseline yet
-    SPEC_CHANGED = "spec-changed"
-    DATA_CHANGED = "data-changed"  # same spec, other data (the dataset's digest differs)
-
-    @property
-    def ok(self) -> bool:
-        return self is Status.PASS
-
-
-@dataclass(frozen=True)
-class Check:
-    """One rule applied: ``passed`` is None when the rule was skipped (``note`` says why)."""
-
-    key: str
-    metric: str
-    reference: float | None  # baseline value, dense value, or None for absolute bounds
-    now: float | None
-    allowed: str
-    rule: str
-    passed: bool | None
-    note: str = ""
-    test: str = ""  # the statistical test behind a policy's decision, one line
-
-    def line(self) -> str:
-        ref = "" if self.reference is None else f"{self._against()} {_fmt(self.reference)}, "
-        test = f"; {self.test}" if self.test else ""
-        return f"{self.key}: {ref}now {_fmt(self.now)}, allowed {self.allowed} ({self.rule}{test})"
-
-    def _against(self) -> str:
-        return "dense" if self.key.startswith("vs_dense.") else "baseline"
 
 
 @dataclass(frozen=True)
@@ -90,11 +56,12 @@ class Rule:
     @classmethod
     def expand(cls, spec: RuleSpec, n_classes: int | None) -> list[Rule]:
         """The rule, or one rule per class for a ``class_*`` wildcard key."""
-        if "class_*" not in spec.metric or n_classes is None:
+        ref, vs_dense = rule_target(spec.metric)
+        if not ref.wildcard or n_classes is None:
             return [cls.parse(spec)]
+        keys = [ref.with_class(k) for k in range(n_classes)]
         return [
-            cls.parse(replace(spec, metric=spec.metric.replace("class_*", f"class_{k}")))
-            for k in range(n_classes)
+            cls.parse(replace(spec, metric=k.vs_dense_key if vs_dense else k.name)) for k in keys
         ]
 
     def describe(self) -> str:
@@ -141,10 +108,11 @@ class Rule:
         bounds: list[tuple[str, float]] = []  # (comparison, bound) in the metric's "good" sense
         if self._relative:
             if self.vs_dense:
-                reference = result.value(f"dense.{self.ref.base}")
+                dense = self.ref.with_model("dense").name
+                reference = result.value(dense)
                 if reference is None:
-                    return self._skip(None, now, f"dense.{self.ref.base} was not measured")
-                ref_folds = result.metrics[f"dense.{self.ref.base}"].folds
+                    return self._skip(None, now, f"{dense} was not measured")
+                ref_folds = result.metrics[dense].folds
             else:
                 if baseline is None:
                     return self._skip(None, now, "no baseline")
@@ -187,7 +155,7 @@ class Rule:
                 failed = [i for i in failed if i != 0] + ([0] if decided else [])
         failed_bounds = [bounds[i] for i in sorted(failed)]
         shown = failed_bounds or bounds
-        allowed = " and ".join(f"{op} {_fmt(b)}" for op, b in _tightest(shown))
+        allowed = " and ".join(f"{op} {fmt(b)}" for op, b in _tightest(shown))
         return Check(
             self.key, name, reference, now, allowed, self.describe(), not failed, test=test
         )
@@ -239,7 +207,7 @@ class Rule:
 
     def _control(self, result: CaseResult, baseline: Baseline | None, k: int) -> list[float] | None:
         """Per fold, this run's dense model minus the baseline's, for this rule's metric."""
-        name = f"dense.{self.ref.base}"
+        name = self.ref.with_model("dense").name
         if baseline is None or self.ref.model != "pruned" or name not in result.metrics:
             return None
         now, then = result.metrics[name].folds, baseline.metrics.get(name)
@@ -258,7 +226,8 @@ def _cpu(env: dict[str, Any]) -> Any:
 def _dense_moved(result: CaseResult, baseline: Baseline) -> bool:
     """Whether any per-fold quality metric of the dense model differs from the baseline's."""
     for name, summary in result.metrics.items():
-        if not name.startswith("dense.") or parse_metric(name).hardware_bound:
+        ref = parse(name)
+        if ref.model != "dense" or ref.hardware_bound:
             continue
         then = baseline.metrics.get(name)
         if then is not None and then.folds != summary.folds:
@@ -278,59 +247,20 @@ def _tightest(bounds: list[tuple[str, float]]) -> list[tuple[str, float]]:
     return ([(">=", max(lows))] if lows else []) + ([("<=", min(highs))] if highs else [])
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if not math.isfinite(value):
-        return str(value)
-    if value == int(value) and abs(value) >= 1000:
-        return f"{int(value)}"
-    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The gate's decision for one case, rendered by the plugin, the CLI and the reports."""
-
-    suite: str
-    case: str
-    status: Status
-    checks: tuple[Check, ...] = ()
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    baseline_commit: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status.ok
-
-    @property
-    def failed(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if c.passed is False)
-
-    def lines(self) -> list[str]:
-        """What a failing case prints: one line per regressed metric, then the notes."""
-        return [c.line() for c in self.failed] + list(self.notes)
-
-
 def evaluate(
     result: CaseResult,
     baseline: Baseline | None,
     rules: tuple[RuleSpec, ...],
-    *,
-    threads: int,
-    regen_hint: str,
 ) -> Verdict:
-    """Apply ``rules`` to ``result``.
+    """Apply ``rules`` to ``result``: a pure function of its arguments (the machine the result
+    was measured on is ``result.env``; a result without one counts as from unknown hardware).
 
     Without a baseline the verdict is ``new`` and ``spec-changed`` when the baseline was made from
-    another spec; both fail and say how to fix it (``regen_hint``). Rules against the dense model
-    and absolute bounds are still checked and reported.
+    another spec; both fail, and ``Verdict.remedy`` says what rewriting the baseline would do (a
+    face names its command). Rules against the dense model and absolute bounds are still checked
+    and reported.
     """
     env = result.env
-    if not env:  # a result made without its environment: this process's
-        from harness.provenance import environment
-
-        env = environment(threads)
     hardware_note = ""
     if baseline is not None and not same_hardware(baseline.env, env):
         hardware_note = (
@@ -367,22 +297,22 @@ def evaluate(
     )
     failed = any(c.passed is False for c in checks)
     notes: list[str] = []
+    remedy: Remedy | None = None
     if baseline is None:
-        status = Status.NEW
-        notes.append(f"no baseline for {result.suite}/{result.case}; create it with {regen_hint}")
+        status, remedy = Status.NEW, Remedy.CREATE
+        notes.append(f"no baseline for {result.suite}/{result.case}")
     elif baseline.spec_hash != result.spec_hash:
-        status = Status.SPEC_CHANGED
+        status, remedy = Status.SPEC_CHANGED, Remedy.SPEC_CHANGED
         notes.append(
             f"the case spec changed since its baseline (spec hash {baseline.spec_hash} -> "
-            f"{result.spec_hash}); review and rewrite it with {regen_hint}"
+            f"{result.spec_hash})"
         )
     elif data_changed:
-        status = Status.DATA_CHANGED
+        status, remedy = Status.DATA_CHANGED, Remedy.DATA_CHANGED
         name = result.dataset.get("name", "the dataset")
         notes.append(
             f"the data changed since its baseline ({name}: digest {baseline.dataset_digest} -> "
-            f"{result.dataset_digest}); rules against the baseline are not applied; if the new "
-            f"data is intended, review and rewrite the baseline with {regen_hint}"
+            f"{result.dataset_digest}); rules against the baseline are not applied"
         )
     elif failed:
         status = Status.REGRESSED
@@ -393,14 +323,14 @@ def evaluate(
             for c in checks
         ):
             if cross:
+                remedy = Remedy.IF_INTENDED_CROSS
                 notes.append(
                     "the baseline comes from other hardware, but these drops are larger than "
                     "hardware noise explains (cross-hardware policy): look for the change that "
-                    "caused them; if it is intended, rewrite the baseline with "
-                    f"{regen_hint} (portable numerics keep it valid on every AVX2 machine)"
+                    "caused them"
                 )
             else:
-                notes.append(f"if the change is intended, rewrite the baseline with {regen_hint}")
+                remedy = Remedy.IF_INTENDED
         else:
             notes.append(
                 "rules against the dense model or absolute bounds failed; a new baseline "
@@ -423,4 +353,5 @@ def evaluate(
         checks,
         tuple(notes),
         baseline.commit if baseline else None,
+        remedy,
     )

@@ -1,20 +1,15 @@
 """Metrics: classification quality (scikit-learn), model statistics, FLOPs, size and latency.
 
-Every metric has a declared direction. Names are dotted: ``<model>.<metric>[.class_<k>]`` with
-``<model>`` ``dense`` or ``pruned`` (``pruned.f1_macro``, ``dense.recall.class_1``), plus same-run
-ratios at the top level (``speedup``, ``speedup_batch``, ``param_reduction``, ``flops_reduction``).
-In gate rules, ``vs_dense.<metric>`` compares the pruned model with the dense model of the same run.
+What the values are called, their direction and whether they depend on the machine is the metric
+vocabulary of :mod:`harness.metricnames`; this module measures them.
 """
 
 from __future__ import annotations
 
 import io
-import re
-import statistics
 import time
 import zlib
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,117 +17,6 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-
-class Direction(Enum):
-    HIGHER = "higher"
-    LOWER = "lower"
-
-
-class UnknownMetricError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-_QUALITY = (
-    "accuracy",
-    "balanced_accuracy",
-    *(
-        f"{m}_{avg}"
-        for m in ("precision", "recall", "f1")
-        for avg in ("macro", "micro", "weighted")
-    ),
-)
-MODEL_METRICS: dict[str, Direction] = {
-    **dict.fromkeys(_QUALITY, Direction.HIGHER),
-    "train_accuracy": Direction.HIGHER,
-    "train_val_gap": Direction.LOWER,
-    "sparsity": Direction.HIGHER,
-    "params": Direction.LOWER,
-    "nonzero_params": Direction.LOWER,
-    "flops": Direction.LOWER,
-    "flops_nonzero": Direction.LOWER,
-    "size_bytes": Direction.LOWER,
-    "size_gzip_bytes": Direction.LOWER,
-    "latency_ms_p50": Direction.LOWER,
-    "latency_ms_p95": Direction.LOWER,
-    "latency_batch_ms_p50": Direction.LOWER,
-    "latency_batch_ms_p95": Direction.LOWER,
-    "pie_accuracy": Direction.HIGHER,  # accuracy on the pruning-identified exemplars
-    "energy_nj": Direction.LOWER,  # estimated energy of one inference (harness.energy)
-    "energy_measured_uj": Direction.LOWER,  # RAPL, per sample at the latency batch (if present)
-}
-RUN_METRICS: dict[str, Direction] = {
-    "speedup": Direction.HIGHER,
-    "speedup_batch": Direction.HIGHER,
-    "param_reduction": Direction.HIGHER,
-    "flops_reduction": Direction.HIGHER,
-    "energy_reduction": Direction.HIGHER,
-    "pie_rate": Direction.LOWER,  # fraction of samples that are pruning-identified exemplars
-    "pie_count": Direction.LOWER,
-    "disagreement_rate": Direction.LOWER,  # dense and pruned predict differently
-    "perturbed_disagreement_rate": Direction.LOWER,  # ... on perturbations near the samples
-    "property_failures": Direction.LOWER,  # hypothesis property checks of the pruned model
-}
-EDGE_METRICS = ("accuracy", "f1_macro")  # measured on every edge-case set
-# Metrics whose absolute values depend on the machine: compared against a baseline only when the
-# baseline was measured on the same hardware.
-HARDWARE_BOUND = frozenset(k for k in MODEL_METRICS if k.startswith("latency")) | {
-    "energy_measured_uj",
-    "speedup",
-    "speedup_batch",
-}
-
-_PER_CLASS_RE = re.compile(r"^(precision|recall|f1)\.class_(\d+|\*)$")
-_EDGE_RE = re.compile(r"^edge\.[a-z0-9_.]+\.(" + "|".join(EDGE_METRICS) + ")$")
-
-
-@dataclass(frozen=True)
-class MetricRef:
-    """A parsed metric name: ``model`` is "dense", "pruned" or "" (a same-run ratio)."""
-
-    model: str
-    base: str
-    direction: Direction
-
-    @property
-    def name(self) -> str:
-        return f"{self.model}.{self.base}" if self.model else self.base
-
-    @property
-    def hardware_bound(self) -> bool:
-        return self.base in HARDWARE_BOUND
-
-
-def parse_metric(name: str) -> MetricRef:
-    """Parse a metric name; raises :class:`UnknownMetricError` for names nobody produces."""
-    if name in RUN_METRICS:
-        return MetricRef("", name, RUN_METRICS[name])
-    model, _, base = name.partition(".")
-    if model in ("dense", "pruned"):
-        if base in MODEL_METRICS:
-            return MetricRef(model, base, MODEL_METRICS[base])
-        if _PER_CLASS_RE.match(base):
-            return MetricRef(model, base, Direction.HIGHER)
-        if _EDGE_RE.match(base):
-            return MetricRef(model, base, Direction.HIGHER)
-    raise UnknownMetricError(
-        f"{name!r} is not a metric; use dense.<m>, pruned.<m> or vs_dense.<m> with <m> one of "
-        f"{', '.join(MODEL_METRICS)}, <precision|recall|f1>.class_<k|*>, "
-        f"edge.<set>.<{'|'.join(EDGE_METRICS)}>; or {', '.join(RUN_METRICS)}"
-    )
-
-
-def rule_target(key: str) -> tuple[MetricRef, bool]:
-    """Parse a gate key: the metric it checks and whether it compares with the dense model."""
-    if key.startswith("vs_dense."):
-        ref = parse_metric("pruned." + key.removeprefix("vs_dense."))
-        return ref, True
-    return parse_metric(key), False
-
-
-def direction(name: str) -> Direction:
-    return parse_metric(name).direction
 
 
 def classification_metrics(
@@ -268,10 +152,3 @@ def measure_latency(
 
 def _pct(values: list[float], q: int) -> float:
     return float(np.percentile(values, q))
-
-
-def summarize(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    mean = float(statistics.fmean(values))
-    std = float(statistics.stdev(values)) if len(values) > 1 else 0.0
-    return mean, std

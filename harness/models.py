@@ -14,8 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from harness._util import HarnessError
-from harness.spec import import_callable
+from harness._util import HarnessError, import_callable
 
 
 class ModelError(HarnessError):

@@ -1,9 +1,12 @@
 """pytest wiring: options, collection of suite files, the ``prune_harness`` fixture, the terminal
 summary and the exit status. Everything else lives below ``harness.session``.
 
-Suite files are ``*.toml`` files in a directory named ``suites``; each ``[[case]]`` becomes one
-test item (``suites/digits_mlp.toml::magnitude-90``). Heavy imports (torch, MLflow) happen only
-when a suite is collected or a case result is recorded, so importing this plugin stays cheap.
+Suite files are ``*.toml`` files in a directory named ``suites``, or in the directories the
+``harness_suites`` ini setting lists; each ``[[case]]`` becomes one test item
+(``suites/digits_mlp.toml::magnitude-90``). Every ``--harness-*`` option can also be set in
+``pyproject.toml`` (``[tool.pytest.ini_options]``) or ``pytest.ini`` as ``harness_*``; the
+command line wins. Heavy imports (torch, scikit-learn, MLflow) happen only when a suite is
+collected or a case result is recorded, so a session that collects no suite stays light.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from harness.session import Outcome, Recorder, Settings
+    from harness.results import Outcome
+    from harness.runner import DenseCache
+    from harness.session import Recorder, Settings
     from harness.spec import CaseSpec, SuiteSpec
 
 OUTCOME_PROPERTY = "harness.outcome"
@@ -30,9 +35,9 @@ def _directory(value: str) -> Path:
     return path
 
 
-def _uri(value: str) -> str:
+def _uri(value: str, where: str = "--harness-mlflow-uri") -> str:
     if not value.strip():
-        raise pytest.UsageError("--harness-mlflow-uri: must not be empty")
+        raise pytest.UsageError(f"{where}: must not be empty")
     return value
 
 
@@ -44,7 +49,7 @@ def _numerics_mode(value: str) -> str:
     return value
 
 
-def _seconds(value: str) -> float:
+def _seconds(value: str, where: str = "--harness-time-budget") -> float:
     from harness.spec import BOUNDS
 
     try:
@@ -53,7 +58,7 @@ def _seconds(value: str) -> float:
         seconds = math.nan
     if not 0 < seconds <= BOUNDS["time_budget"]:
         raise pytest.UsageError(
-            f"--harness-time-budget={value}: must be seconds > 0 and <= {BOUNDS['time_budget']}"
+            f"{where}={value}: must be seconds > 0 and <= {BOUNDS['time_budget']}"
         )
     return seconds
 
@@ -115,6 +120,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="write per-case JSON and a markdown/JSON session summary to DIR",
     )
+    for name, help_text, kind in INI_SETTINGS:
+        parser.addini(name, help_text, type=kind, default=None)
+
+
+# ini settings (pyproject.toml [tool.pytest.ini_options], pytest.ini): name, help, type
+INI_SETTINGS: tuple[tuple[str, str, Any], ...] = (
+    ("harness_suites", "directories (relative to rootdir) whose *.toml files are suites", "paths"),
+    ("harness_baselines", "baseline directory (relative to rootdir)", "string"),
+    ("harness_mlflow_uri", "MLflow tracking URI", "string"),
+    ("harness_no_mlflow", "do not log results to MLflow", "bool"),
+    ("harness_log_models", "save every fold's pruned state_dict with the artifacts", "bool"),
+    ("harness_report", "write reports to this directory (relative to rootdir)", "string"),
+    ("harness_time_budget", "seconds per case (the tighter of it and a suite's)", "string"),
+)
+
+
+def _setting(config: pytest.Config, name: str) -> Any:
+    """An option's value: the command line's, else the ini file's (checked like the option),
+    else None / False."""
+    value = config.getoption(name)
+    if value not in (None, False):
+        return value
+    ini = config.getini(name)
+    if ini in (None, "", []):
+        return value
+    if name in ("harness_baselines", "harness_report"):
+        return Path(str(config.rootpath)) / str(ini).strip()
+    if name == "harness_time_budget":
+        return _seconds(str(ini).strip(), "harness_time_budget (ini)")
+    if name == "harness_mlflow_uri":
+        return _uri(str(ini), "harness_mlflow_uri (ini)")
+    return ini
 
 
 class HarnessPlugin:
@@ -166,7 +203,7 @@ class HarnessPlugin:
         from harness import report
 
         self.recorder.finish()
-        report.write_step_summary(self.recorder.outcomes)
+        report.write_step_summary(self.recorder.outcomes, _summary_regen)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -196,25 +233,34 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 _PLUGIN_KEY = pytest.StashKey[HarnessPlugin]()
 _SETTINGS_KEY: pytest.StashKey[Settings] = pytest.StashKey()
+_CACHE_KEY: pytest.StashKey[DenseCache] = pytest.StashKey()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from harness.session import Recorder, Settings
+    from harness import tracking
+    from harness.session import Settings, open_recorder
 
     root = Path(str(config.rootpath))
     settings = Settings.build(
         root,
-        baselines=_resolved(config.getoption("harness_baselines")),
+        baselines=_resolved(_setting(config, "harness_baselines")),
         regen=config.getoption("harness_regen"),
-        report_dir=_resolved(config.getoption("harness_report")),
-        tracked=not config.getoption("harness_no_mlflow"),
-        log_models=config.getoption("harness_log_models"),
-        time_budget=config.getoption("harness_time_budget"),
+        report_dir=_resolved(_setting(config, "harness_report")),
+        tracked=not _setting(config, "harness_no_mlflow"),
+        log_models=bool(_setting(config, "harness_log_models")),
+        time_budget=_setting(config, "harness_time_budget"),
     )
     config.stash[_SETTINGS_KEY] = settings
     if hasattr(config, "workerinput"):
         return  # xdist worker: outcomes travel to the controller with the test reports
-    recorder = Recorder(settings, tracker=_tracker(config, root))
+    uri = _setting(config, "harness_mlflow_uri") or tracking.default_uri(root)
+    recorder = open_recorder(
+        settings,
+        mlflow_uri=None if _setting(config, "harness_no_mlflow") else uri,
+        session_name=f"pytest {' '.join(config.invocation_params.args)}"[:250],
+        outbox=root / tracking.OUTBOX,
+        regen=_summary_regen,
+    )
     plugin = HarnessPlugin(recorder)
     config.stash[_PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "harness-controller")
@@ -225,17 +271,9 @@ def _resolved(path: Path | None) -> Path | None:
     return Path(path).resolve() if path is not None else None
 
 
-def _tracker(config: pytest.Config, root: Path) -> Any:
-    from harness import tracking
-
-    if config.getoption("harness_no_mlflow"):
-        return tracking.Tracker()
-    uri = config.getoption("harness_mlflow_uri") or tracking.default_uri(root)
-    return tracking.MlflowTracker(
-        uri,
-        session_name=f"pytest {' '.join(config.invocation_params.args)}"[:250],
-        outbox=root / tracking.OUTBOX,
-    )
+def _summary_regen(outcome: Outcome) -> str:
+    """The regen command the session summaries name (the node id from the suite's path)."""
+    return regen_hint(f"{Path(outcome.source).as_posix()}::{outcome.result.case}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -246,19 +284,32 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if file_path.suffix == ".toml" and file_path.parent.name == SUITES_DIR:
+    if file_path.suffix == ".toml" and _is_suite_file(parent.config, file_path):
         return SuiteFile.from_parent(parent, path=file_path)
     return None
+
+
+def _is_suite_file(config: pytest.Config, path: Path) -> bool:
+    """In a directory named ``suites``, or under one that ``harness_suites`` lists;
+    ``pyproject.toml`` never."""
+    if path.name == "pyproject.toml":
+        return False
+    dirs = config.getini("harness_suites")
+    if not dirs:
+        return path.parent.name == SUITES_DIR
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(Path(d).resolve()) for d in dirs)
 
 
 class SuiteFile(pytest.File):
     """A suite file; invalid files are reported as one line (no traceback)."""
 
     def collect(self) -> Any:
+        from harness.resolve import resolve
         from harness.spec import SpecError, load_suite
 
         try:
-            suite = load_suite(self.path)
+            suite = resolve(load_suite(self.path))
         except SpecError as err:
             raise self.CollectError(str(err)) from None
         for case in suite.cases:
@@ -284,7 +335,7 @@ class CaseItem(pytest.Item):
         outcome = _check(self.config, self.suite, self.case, self.nodeid)
         self.user_properties.extend(_properties(outcome))
         if not outcome.verdict.ok:
-            raise CaseFailed(_failure_lines(outcome))
+            raise CaseFailed(_failure_lines(outcome, self.nodeid))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         from harness._util import HarnessError
@@ -305,10 +356,13 @@ class CaseItem(pytest.Item):
 
 
 def _check(config: pytest.Config, suite: SuiteSpec, case: CaseSpec, nodeid: str) -> Outcome:
+    from harness.runner import DenseCache
     from harness.session import check_case
 
     settings = config.stash[_SETTINGS_KEY]
-    return check_case(suite, case, settings, regen_hint=regen_hint(nodeid))
+    if _CACHE_KEY not in config.stash:  # one per process: this session's dense models
+        config.stash[_CACHE_KEY] = DenseCache()
+    return check_case(suite, case, settings, cache=config.stash[_CACHE_KEY])
 
 
 def regen_hint(nodeid: str) -> str:
@@ -319,16 +373,18 @@ def regen_hint(nodeid: str) -> str:
 def _properties(outcome: Outcome) -> list[tuple[str, Any]]:
     r = outcome.result
     props: list[tuple[str, Any]] = [("harness.verdict", outcome.verdict.status.value)]
-    for name in ("pruned.f1_macro", "dense.f1_macro", "pruned.sparsity", "speedup_batch"):
+    from harness.metricnames import PROPERTIES
+
+    for name in PROPERTIES:
         if (value := r.value(name)) is not None:
             props.append((f"harness.{name}", f"{value:.6g}"))
     props.append((OUTCOME_PROPERTY, outcome.to_json()))
     return props
 
 
-def _failure_lines(outcome: Outcome) -> list[str]:
+def _failure_lines(outcome: Outcome, nodeid: str) -> list[str]:
     v = outcome.verdict
-    lines = [f"{v.suite}::{v.case}: {v.status.value}", *v.lines()]
+    lines = [f"{v.suite}::{v.case}: {v.status.value}", *v.lines(regen_hint(nodeid))]
     if outcome.obtained_path:
         lines.append(f"new results written to {outcome.obtained_path}")
     return lines
@@ -350,7 +406,7 @@ class CaseChecker:
         outcome = _check(node.config, spec, spec.case(case), node.nodeid)
         node.user_properties.extend(_properties(outcome))
         if not outcome.verdict.ok:
-            pytest.fail("\n".join(_failure_lines(outcome)), pytrace=False)
+            pytest.fail("\n".join(_failure_lines(outcome, node.nodeid)), pytrace=False)
         return outcome
 
 

@@ -1,9 +1,11 @@
-"""Provenance: the environment a result was computed in, stored with it and its baseline."""
+"""Provenance: the environment a result was computed in (stored with it and its baseline), the
+git commit, and the source tags of tracked runs. torch is imported only by :func:`environment`."""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -53,3 +55,36 @@ def environment(threads: int) -> dict[str, Any]:
         "hardware": hardware,
         "packages": versions,
     }
+
+
+def git(*args: str) -> str | None:
+    """Output of a git command in the working directory, or None."""
+    try:
+        out = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def git_commit() -> str:
+    return os.environ.get("GITHUB_SHA") or git("rev-parse", "HEAD") or "unknown"
+
+
+def source_tags() -> dict[str, str]:
+    """Git commit and branch (MLflow's own tag names) and, in GitHub Actions, the run's URL."""
+    tags = {"mlflow.source.git.commit": git_commit()}
+    branch = (
+        os.environ.get("GITHUB_HEAD_REF")
+        or os.environ.get("GITHUB_REF_NAME")
+        or git("rev-parse", "--abbrev-ref", "HEAD")
+    )
+    if branch and branch != "HEAD":
+        tags["mlflow.source.git.branch"] = branch
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        server = os.environ.get("GITHUB_SERVER_URL", "https://github.com")
+        repo, run = os.environ.get("GITHUB_REPOSITORY", ""), os.environ.get("GITHUB_RUN_ID", "")
+        if repo and run:
+            tags["harness.ci_run_url"] = f"{server}/{repo}/actions/runs/{run}"
+    return tags

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from harness.baseline import write_json_atomic
+from harness._util import write_json_atomic
+from harness.metricnames import (
+    CASE_MODEL_METRICS,
+    CASE_RUN_METRICS,
+    KEY_METRIC,
+    MetricRef,
+)
 
 if TYPE_CHECKING:
-    from harness.session import Outcome
+    from harness.results import Outcome
 
-KEY_METRIC = "pruned.f1_macro"
+# A face's regen command for an outcome (`pytest <node> --harness-regen`): reports name it in
+# the failing lines of a case whose baseline a rewrite would resolve.
+Regen = Callable[["Outcome"], str]
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ def hardware_lines(outcomes: Sequence[Outcome]) -> list[str]:
     return [f"{n} case(s): {note}" for note, n in seen.items()]
 
 
-def markdown(outcomes: Sequence[Outcome]) -> str:
+def markdown(outcomes: Sequence[Outcome], regen: Regen | None = None) -> str:
     """A markdown table of cases (failures first) with their failing lines."""
     out = [
         "## prune-harness gate",
@@ -127,7 +133,7 @@ def markdown(outcomes: Sequence[Outcome]) -> str:
         out += ["", "### Failures", ""]
         for o in bad:
             out.append(f"- **{o.result.suite}::{o.result.case}** ({o.verdict.status.value})")
-            out += [f"  - `{line}`" for line in o.verdict.lines()]
+            out += [f"  - `{line}`" for line in o.verdict.lines(regen(o) if regen else None)]
     return "\n".join(out) + "\n"
 
 
@@ -151,46 +157,21 @@ def case_markdown(outcome: Outcome) -> str:
         now = "-" if c.now is None else f"{c.now:.4g}"
         out.append(f"| `{c.key}` ({c.rule}) | {ref} | {now} | {c.allowed} | {state} |")
     out += ["", "| metric | dense | pruned |", "|---|---|---|"]
-    for m in HEADLINE:
-        dense, pruned = r.metrics.get(f"dense.{m}"), r.metrics.get(f"pruned.{m}")
+    for m in CASE_MODEL_METRICS:
+        dense = r.metrics.get(MetricRef.of("dense", m).name)
+        pruned = r.metrics.get(MetricRef.of("pruned", m).name)
         if dense and pruned:
             out.append(
                 f"| {m} | {dense.mean:.4g} ± {dense.std:.2g} | "
                 f"{pruned.mean:.4g} ± {pruned.std:.2g} |"
             )
-    for m in (
-        "speedup",
-        "speedup_batch",
-        "param_reduction",
-        "flops_reduction",
-        "disagreement_rate",
-        "perturbed_disagreement_rate",
-        "property_failures",
-        "pie_rate",
-    ):
+    for m in CASE_RUN_METRICS:
         if (s := r.metrics.get(m)) is not None:
             out.append(f"| {m} | | {s.mean:.4g} ± {s.std:.2g} |")
     if r.findings:
         out += ["", f"## Findings ({len(r.findings)}, minimal inputs in findings.json)", ""]
         out += [f"- fold {f['fold']}: `{f['check']}`: {f['message']}" for f in r.findings[:20]]
     return "\n".join(out) + "\n"
-
-
-HEADLINE = (
-    "accuracy",
-    "f1_macro",
-    "precision_macro",
-    "recall_macro",
-    "train_val_gap",
-    "params",
-    "nonzero_params",
-    "sparsity",
-    "flops",
-    "flops_nonzero",
-    "size_gzip_bytes",
-    "latency_ms_p50",
-    "latency_batch_ms_p50",
-)
 
 
 def write_case(folder: Path, outcome: Outcome, pruned_states: Sequence[dict] = ()) -> None:
@@ -212,6 +193,7 @@ def write_case(folder: Path, outcome: Outcome, pruned_states: Sequence[dict] = (
 
 def _plots(folder: Path, outcome: Outcome) -> None:
     # matplotlib's object API without pyplot: no global figure state, cheaper per figure
+    import numpy as np
     from matplotlib.figure import Figure
 
     r = outcome.result
@@ -260,10 +242,10 @@ def _plots(folder: Path, outcome: Outcome) -> None:
     fig.savefig(folder / "layer_sparsity.png", dpi=72)
 
 
-def write_session(directory: Path, outcomes: Sequence[Outcome]) -> None:
+def write_session(directory: Path, outcomes: Sequence[Outcome], regen: Regen | None = None) -> None:
     """``summary.md`` and ``summary.json`` for the session; the job summary in GitHub Actions."""
     directory.mkdir(parents=True, exist_ok=True)
-    text = markdown(outcomes)
+    text = markdown(outcomes, regen)
     (directory / "summary.md").write_text(text, encoding="utf-8")
     write_json_atomic(
         directory / "summary.json",
@@ -272,22 +254,11 @@ def write_session(directory: Path, outcomes: Sequence[Outcome]) -> None:
                 "suite": o.result.suite,
                 "case": o.result.case,
                 "verdict": o.verdict.status.value,
-                "failed": o.verdict.lines() if not o.verdict.ok else [],
+                "failed": o.verdict.lines(regen(o) if regen else None) if not o.verdict.ok else [],
             }
             for o in outcomes
         ],
     )
-
-
-COMPARE_METRICS = (
-    "pruned.f1_macro",
-    "pruned.accuracy",
-    "dense.f1_macro",
-    "pruned.sparsity",
-    "param_reduction",
-    "flops_reduction",
-    "speedup_batch",
-)
 
 
 def _num(value: float | None) -> str:
@@ -302,7 +273,7 @@ def compare_lines(
 ) -> list[str]:
     """A table of ``B - A`` per case and metric; ``worse`` marks a change against the metric's
     direction. ``metrics=None`` shows every metric both sides have."""
-    from harness.metrics import Direction, UnknownMetricError, parse_metric
+    from harness.metricnames import Direction, UnknownMetricError, parse
 
     rows = [("case", "metric", labels[0], labels[1], "delta", "")]
     for key in sorted(set(side_a) | set(side_b)):
@@ -314,7 +285,7 @@ def compare_lines(
             mark = ""
             if va is not None and vb is not None and vb != va:
                 try:
-                    higher = parse_metric(name).direction is Direction.HIGHER
+                    higher = parse(name).direction is Direction.HIGHER
                 except UnknownMetricError:
                     higher = None
                 if higher is not None:
@@ -326,9 +297,9 @@ def compare_lines(
     return lines
 
 
-def write_step_summary(outcomes: Sequence[Outcome]) -> None:
+def write_step_summary(outcomes: Sequence[Outcome], regen: Regen | None = None) -> None:
     """Append the markdown table to ``$GITHUB_STEP_SUMMARY`` when it is set."""
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if target and outcomes:
         with open(target, "a", encoding="utf-8") as fh:
-            fh.write(markdown(outcomes))
+            fh.write(markdown(outcomes, regen))

@@ -1,9 +1,12 @@
-"""Run one case over k folds: train dense, prune (+ fine-tune per round), evaluate both."""
+"""Run one case over k folds: get the dense model (trained, or from the cache), prune it
+(+ fine-tune per round), measure both. ``run_case`` is the entry point; the dense models come
+from a :class:`DenseCache` the caller owns (one per session), keyed by content."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,96 +21,16 @@ from harness import _util, numerics
 from harness import metrics as M
 from harness._util import HarnessError
 from harness.data import Dataset, Fold, load_dataset, make_folds
+from harness.metricnames import MODELS, MetricRef, model_names
 from harness.models import ModelError, build, source_digest
 from harness.power import measure_energy, rapl_counter
 from harness.pruning import PruneContext, create
 from harness.pruning.base import prunable_modules, schedule_targets, weight
+from harness.results import CaseResult, MetricSummary
 from harness.spec import CaseSpec, LatencySpec, SuiteSpec
 from harness.training import TrainingError, fit, predict_logits
 
-
-@dataclass(frozen=True)
-class MetricSummary:
-    """One metric over the folds."""
-
-    folds: tuple[float, ...]
-    mean: float
-    std: float
-
-    @classmethod
-    def of(cls, values: list[float]) -> MetricSummary:
-        mean, std = M.summarize(values)
-        return cls(tuple(values), mean, std)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The baseline / report form: ``{"folds": [...], "mean": x, "std": x}``."""
-        return {"folds": list(self.folds), "mean": self.mean, "std": self.std}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MetricSummary:
-        return cls(tuple(float(v) for v in data["folds"]), float(data["mean"]), float(data["std"]))
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    """Everything measured for one case: per-fold metric maps and their summaries."""
-
-    suite: str
-    case: str
-    spec_hash: str
-    dataset_digest: str
-    folds: tuple[dict[str, float], ...]
-    metrics: dict[str, MetricSummary]
-    seconds: float
-    dataset: dict[str, Any] = field(default_factory=dict)  # name, digest, rows, features, classes
-    class_names: tuple[str, ...] = ()
-    confusion: dict[str, list[list[int]]] = field(default_factory=dict)  # summed over folds
-    layer_sparsity: dict[str, float] = field(default_factory=dict)  # mean over folds
-    pie: dict[str, Any] = field(default_factory=dict)  # exemplar ids, McNemar's b and c
-    findings: list[dict[str, Any]] = field(default_factory=list)  # minimal failing inputs
-    env: dict[str, Any] = field(default_factory=dict)  # where it ran (harness.baseline.environment)
-    pruned_states: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
-
-    def value(self, name: str) -> float | None:
-        summary = self.metrics.get(name)
-        return summary.mean if summary else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "suite": self.suite,
-            "case": self.case,
-            "spec_hash": self.spec_hash,
-            "dataset_digest": self.dataset_digest,
-            "seconds": self.seconds,
-            "folds": list(self.folds),
-            "metrics": {k: v.to_dict() for k, v in sorted(self.metrics.items())},
-            "dataset": self.dataset,
-            "class_names": list(self.class_names),
-            "confusion": self.confusion,
-            "layer_sparsity": self.layer_sparsity,
-            "pie": self.pie,
-            "findings": self.findings,
-            "env": self.env,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CaseResult:
-        return cls(
-            suite=data["suite"],
-            case=data["case"],
-            spec_hash=data["spec_hash"],
-            dataset_digest=data["dataset_digest"],
-            seconds=data["seconds"],
-            folds=tuple(data["folds"]),
-            metrics={k: MetricSummary.from_dict(v) for k, v in data["metrics"].items()},
-            dataset=data["dataset"],
-            class_names=tuple(data["class_names"]),
-            confusion=data["confusion"],
-            layer_sparsity=data["layer_sparsity"],
-            pie=data["pie"],
-            findings=data["findings"],
-            env=data.get("env", {}),
-        )
+__all__ = ["CaseError", "CaseResult", "DenseCache", "FoldResult", "MetricSummary", "run_case"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,10 +48,57 @@ class _Dense:
     state: dict[str, torch.Tensor]
     evaluation: _Evaluation  # deterministic dense metrics (no latency)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.state.values())
 
-# Per process; keyed by content: the dense spec, the data's digest (not its name: two files
-# called d.npz in two suites are two datasets), the model factory's source and the fold.
-_DENSE_CACHE: dict[tuple[str, str, str, int], _Dense] = {}
+
+class DenseCache:
+    """Trained dense models of one process, keyed by content: the dense spec, the data's digest
+    (not its name: two files called d.npz in two suites are two datasets), the model factory's
+    source, the numerics mode, the torch version and the fold. Least recently used entries are
+    dropped beyond ``max_bytes`` of weights. A session owns one and passes it to every case;
+    without one, each :func:`run_case` call trains its own dense models."""
+
+    def __init__(self, max_bytes: int = 2 * 1024**3) -> None:
+        self.max_bytes = max_bytes
+        self._entries: dict[tuple[str, ...], _Dense] = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(suite: SuiteSpec, ds: Dataset, fold: Fold) -> tuple[str, ...]:
+        return (
+            suite.dense_key(),
+            ds.digest,
+            source_digest(suite.model),
+            numerics.current().mode,
+            torch.__version__,
+            str(fold.index),
+        )
+
+    def get(self, key: tuple[str, ...]) -> _Dense | None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries[key] = entry  # most recently used last
+        return entry
+
+    def put(self, key: tuple[str, ...], entry: _Dense) -> None:
+        self._entries[key] = entry
+        while len(self._entries) > 1 and self.nbytes > self.max_bytes:
+            del self._entries[next(iter(self._entries))]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __bool__(self) -> bool:  # an empty cache is still a cache (`cache or ...` keeps it)
+        return True
 
 
 @contextmanager
@@ -226,19 +196,21 @@ def _margin(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(true - other.max(1))
 
 
-def _dense(suite: SuiteSpec, ds: Dataset, fold: Fold) -> _Dense:
-    key = (suite.dense_key(), ds.digest, source_digest(suite.model), fold.index)
-    if key not in _DENSE_CACHE:
-        seed = suite.seed * 1000 + fold.index
-        model = _new_model(suite, ds, seed)
-        _probe(model, suite.model, fold.X_train[:2], ds.n_classes)
-        try:
-            fit(model, fold.X_train, fold.y_train, suite.train, seed=seed)
-        except TrainingError as err:
-            raise CaseError(f"fold {fold.index}: dense {err}") from None
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        _DENSE_CACHE[key] = _Dense(state, _evaluate(model, fold, ds, "dense"))
-    return _DENSE_CACHE[key]
+def _dense(suite: SuiteSpec, ds: Dataset, fold: Fold, cache: DenseCache) -> _Dense:
+    key = cache.key(suite, ds, fold)
+    if (entry := cache.get(key)) is not None:
+        return entry
+    seed = suite.seed * 1000 + fold.index
+    model = _new_model(suite, ds, seed)
+    _probe(model, suite.model, fold.X_train[:2], ds.n_classes)
+    try:
+        fit(model, fold.X_train, fold.y_train, suite.train, seed=seed)
+    except TrainingError as err:
+        raise CaseError(f"fold {fold.index}: dense {err}") from None
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    entry = _Dense(state, _evaluate(model, fold, ds, "dense"))
+    cache.put(key, entry)
+    return entry
 
 
 def _edge_metrics(
@@ -254,7 +226,8 @@ def _edge_metrics(
         return {}
     from sklearn.metrics import accuracy_score, f1_score
 
-    from harness.data.edge import make_edge_set, parse_edge
+    from harness.data.edge import make_edge_set
+    from harness.edgesets import parse_edge
 
     out: dict[str, float] = {}
     margin = _margin(dense_eval.logits, fold.y_val)
@@ -271,9 +244,10 @@ def _edge_metrics(
         present = np.unique(y)  # slices hold some classes only: average over those
         for model_name, model in models.items():
             pred = predict_logits(model, X).argmax(1)
-            prefix = f"{model_name}.edge.{edge.name}"
-            out[f"{prefix}.accuracy"] = float(accuracy_score(y, pred))
-            out[f"{prefix}.f1_macro"] = float(
+            out[MetricRef.on_edge(model_name, edge.name, "accuracy").name] = float(
+                accuracy_score(y, pred)
+            )
+            out[MetricRef.on_edge(model_name, edge.name, "f1_macro").name] = float(
                 f1_score(y, pred, labels=present, average="macro", zero_division=0)
             )
     return out
@@ -295,13 +269,23 @@ class FoldResult:
     findings: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldResult:
-    """Prune and evaluate one fold (the dense model comes from the per-process cache)."""
-    cached = _dense(suite, ds, fold)
+def run_fold(
+    suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold, *, cache: DenseCache | None = None
+) -> FoldResult:
+    """Prune and measure one fold (the dense model from ``cache``, trained on a miss)."""
+    cached = _dense(suite, ds, fold, cache if cache is not None else DenseCache())
     dense = _new_model(suite, ds, 0)
     dense.load_state_dict(cached.state)
     dense.eval()
+    pruned = prune_fold(suite, case, ds, fold, dense)
+    return measure_fold(suite, case, ds, fold, dense, cached.evaluation, pruned)
 
+
+def prune_fold(
+    suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold, dense: nn.Module
+) -> nn.Module:
+    """The pruned model of one fold: the case's method on its schedule (or at initialization),
+    fine-tuned after each round, made permanent, and deployed (``deploy = "csr"``)."""
     seed = suite.seed * 1000 + fold.index
     pruner = create(case.prune)
     ctx = PruneContext(
@@ -336,8 +320,20 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
 
         pruned = to_sparse_csr(pruned)
     pruned.eval()
+    return pruned
 
-    dense_eval = cached.evaluation
+
+def measure_fold(
+    suite: SuiteSpec,
+    case: CaseSpec,
+    ds: Dataset,
+    fold: Fold,
+    dense: nn.Module,
+    dense_eval: _Evaluation,
+    pruned: nn.Module,
+) -> FoldResult:
+    """Every metric of one fold: quality and statistics of both models, latency (and RAPL
+    energy), same-run ratios, edge-case sets and the checks."""
     pruned_eval = _evaluate(pruned, fold, ds, "pruned")
     lat, uj = measure_speed([dense, pruned], fold.X_val, suite)
     dense_metrics = {**dense_eval.metrics, **lat[0].as_metrics()}
@@ -345,8 +341,7 @@ def run_fold(suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold) -> FoldR
     if uj is not None:  # measured energy where RAPL is readable
         dense_metrics["energy_measured_uj"], pruned_metrics["energy_measured_uj"] = uj
 
-    out = {f"dense.{k}": v for k, v in dense_metrics.items()}
-    out.update({f"pruned.{k}": v for k, v in pruned_metrics.items()})
+    out = {**model_names("dense", dense_metrics), **model_names("pruned", pruned_metrics)}
     out["speedup"] = lat[0].p50 / lat[1].p50
     out["speedup_batch"] = lat[0].batch_p50 / lat[1].batch_p50
     out["param_reduction"] = 1 - pruned_metrics["nonzero_params"] / dense_metrics["params"]
@@ -471,28 +466,46 @@ def run_case(
     suite: SuiteSpec,
     case: CaseSpec,
     *,
+    cache: DenseCache | None = None,
     keep_models: bool = False,
     time_budget: float | None = None,
 ) -> CaseResult:
     """Run ``case`` over the suite's k folds; deterministic for the same spec, seeds and machine.
 
-    With ``keep_models`` the pruned ``state_dict`` of every fold is kept in
-    ``CaseResult.pruned_states`` (not serialized). ``time_budget`` (seconds; the tighter of it
-    and the suite's ``time_budget``) stops the case with :class:`harness._util.BudgetError`.
+    The suite is resolved first (:func:`harness.resolve.resolve`: one line for a dataset, model
+    or method argument that does not fit). Dense models come from ``cache`` (a session passes
+    its own; None: trained for this call). With ``keep_models`` the pruned ``state_dict`` of
+    every fold is kept in ``CaseResult.pruned_states`` (not serialized). ``time_budget``
+    (seconds; the tighter of it and the suite's ``time_budget``) stops the case with
+    :class:`harness._util.BudgetError`.
     """
+    from harness.resolve import resolve
+
+    resolve(suite)
     budgets = [b for b in (time_budget, suite.time_budget) if b is not None]
     budget = min(budgets) if budgets else None
     mode = suite.numerics
     if mode is not None and mode != numerics.current().requested:
-        # the suite asks for other numerics than this process has: run it in a child of that mode
-        return numerics.run_in(
-            mode, run_case, suite, case, keep_models=keep_models, time_budget=budget
-        )
+        # the suite asks for other numerics than this process has: run it in a child of that
+        # mode, which keeps its own dense cache across the cases it runs
+        return numerics.run_in(mode, _run_in_child, suite, case, keep_models, budget)
     with _util.time_budget(budget):
-        return _run_case(suite, case, keep_models)
+        return _run_case(suite, case, keep_models, cache if cache is not None else DenseCache())
 
 
-def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool) -> CaseResult:
+@functools.cache
+def _child_cache() -> DenseCache:
+    return DenseCache()
+
+
+def _run_in_child(
+    suite: SuiteSpec, case: CaseSpec, keep_models: bool, budget: float | None
+) -> CaseResult:
+    with _util.time_budget(budget):
+        return _run_case(suite, case, keep_models, _child_cache())
+
+
+def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool, cache: DenseCache) -> CaseResult:
     from harness.provenance import environment
 
     start = time.perf_counter()
@@ -502,7 +515,7 @@ def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool) -> CaseResult
         for fold in make_folds(ds, suite.folds, seed=suite.cv_seed, repeats=suite.repeats):
             _util.check_budget(f"before fold {fold.index + 1} of {suite.folds * suite.repeats}")
             try:
-                folds.append(run_fold(suite, case, ds, fold))
+                folds.append(run_fold(suite, case, ds, fold, cache=cache))
             except TrainingError as err:  # fine-tuning, or training inside a pruning method
                 raise CaseError(f"fold {fold.index}: pruned model's {err}") from None
     per_fold = [f.metrics for f in folds]
@@ -510,9 +523,10 @@ def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool) -> CaseResult
     pie = exemplars(folds, np.asarray(ds.y), ds.n_classes)
     summary["pie_rate"] = MetricSummary((), pie["rate"], 0.0)
     summary["pie_count"] = MetricSummary((), float(pie["count"]), 0.0)
-    for model in ("dense", "pruned"):
+    for model in MODELS:
         if pie[f"{model}_accuracy"] is not None:
-            summary[f"{model}.pie_accuracy"] = MetricSummary((), pie[f"{model}_accuracy"], 0.0)
+            name = MetricRef.of(model, "pie_accuracy").name
+            summary[name] = MetricSummary((), pie[f"{model}_accuracy"], 0.0)
     layers = {
         n: float(np.mean([f.layer_sparsity[n] for f in folds])) for n in folds[0].layer_sparsity
     }

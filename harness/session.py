@@ -5,16 +5,21 @@ record a session's outcomes (tracking, summaries). ``plugin.py`` and ``cli.py`` 
 from __future__ import annotations
 
 import json
-import uuid
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.baseline import Baseline, BaselineError, BaselineStore
-from harness.gate import Check, Status, Verdict, evaluate
-from harness.runner import CaseResult, run_case
+from harness.gate import evaluate
+from harness.results import Outcome
 from harness.spec import CaseSpec, SuiteSpec
-from harness.tracking import Tracker
+from harness.tracking import ARTIFACTS, Tracker
+
+if TYPE_CHECKING:
+    from harness.runner import DenseCache
+
+__all__ = ["Outcome", "Recorder", "Settings", "check_case", "flat_params", "open_recorder"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +51,6 @@ class Settings:
     ) -> Settings:
         """Settings with paths resolved against ``root``. Case files go to the report directory,
         else (for MLflow to pick up) to ``.harness/artifacts`` when tracking is on."""
-        from harness.tracking import ARTIFACTS
-
         report = (root / report_dir).resolve() if report_dir else None
         artifacts = report or ((root / ARTIFACTS).resolve() if tracked else None)
         return cls(
@@ -58,50 +61,6 @@ class Settings:
             log_models=log_models,
             time_budget=time_budget,
         )
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A checked case: what was measured, the verdict, and where things were written."""
-
-    result: CaseResult
-    verdict: Verdict
-    params: dict[str, str]
-    source: str
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # MLflow de-duplication key
-    baseline_means: dict[str, float] = field(default_factory=dict)  # of a usable baseline
-    baseline_path: str | None = None  # written by --harness-regen
-    obtained_path: str | None = None  # written next to a baseline the case did not meet
-    artifacts: str | None = None  # folder with this case's report files and plots
-    warnings: tuple[str, ...] = ()  # what could not be written (the verdict stands)
-
-    def to_json(self) -> str:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["result"] = self.result.to_dict()
-        data["verdict"] = {
-            "suite": self.verdict.suite,
-            "case": self.verdict.case,
-            "status": self.verdict.status.value,
-            "checks": [asdict(c) for c in self.verdict.checks],
-            "notes": list(self.verdict.notes),
-            "baseline_commit": self.verdict.baseline_commit,
-        }
-        return json.dumps(data)
-
-    @classmethod
-    def from_json(cls, text: str) -> Outcome:
-        data = json.loads(text)
-        v = data.pop("verdict")
-        verdict = Verdict(
-            v["suite"],
-            v["case"],
-            Status(v["status"]),
-            tuple(Check(**c) for c in v["checks"]),
-            tuple(v["notes"]),
-            v["baseline_commit"],
-        )
-        data["warnings"] = tuple(data.get("warnings", ()))
-        return cls(result=CaseResult.from_dict(data.pop("result")), verdict=verdict, **data)
 
 
 def flat_params(suite: SuiteSpec, case: CaseSpec) -> dict[str, str]:
@@ -140,9 +99,13 @@ def flat_params(suite: SuiteSpec, case: CaseSpec) -> dict[str, str]:
     return out
 
 
-def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hint: str) -> Outcome:
+def check_case(
+    suite: SuiteSpec, case: CaseSpec, settings: Settings, *, cache: DenseCache | None = None
+) -> Outcome:
     """Run a case, compare it with its baseline (or rewrite it with ``settings.regen``), gate it,
-    and write its report files when ``settings.artifacts_dir`` is set.
+    and write its report files when ``settings.artifacts_dir`` is set. Dense models come from
+    ``cache`` (the session's :class:`harness.runner.DenseCache`). The verdict names no command:
+    each face renders ``Verdict.remedy`` with its own (``Verdict.lines(command)``).
 
     Raises
     ------
@@ -159,8 +122,14 @@ def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hi
             raise
         store.path(suite.name, case.name)  # a name that breaks the rule still fails
         baseline = None  # unreadable or malformed: --harness-regen replaces it
+    from harness.runner import run_case
+
     result = run_case(
-        suite, case, keep_models=settings.log_models, time_budget=settings.time_budget
+        suite,
+        case,
+        cache=cache,
+        keep_models=settings.log_models,
+        time_budget=settings.time_budget,
     )
     written = obtained = None
     warnings: list[str] = []
@@ -168,9 +137,7 @@ def check_case(suite: SuiteSpec, case: CaseSpec, settings: Settings, *, regen_hi
     if settings.regen:
         written = str(store.save(fresh))
         baseline = fresh
-    verdict = evaluate(
-        result, baseline, suite.rules(case), threads=suite.threads, regen_hint=regen_hint
-    )
+    verdict = evaluate(result, baseline, suite.rules(case))
     if not verdict.ok and baseline is not None and not settings.regen:
         try:
             obtained = str(store.save_obtained(fresh))
@@ -217,6 +184,27 @@ def _check_fold_counts(baseline: Baseline, expected: int, store: BaselineStore) 
             )
 
 
+def open_recorder(
+    settings: Settings,
+    *,
+    mlflow_uri: str | None,
+    session_name: str,
+    outbox: Path,
+    regen: Callable[[Outcome], str] | None = None,
+) -> Recorder:
+    """A session's recorder with its tracker: MLflow at ``mlflow_uri`` (results the store does
+    not take go to ``outbox``), or none with ``mlflow_uri`` None. ``regen`` is the face's regen
+    command for an outcome, named in the session summaries."""
+    from harness import tracking
+
+    tracker = (
+        tracking.Tracker()
+        if mlflow_uri is None
+        else tracking.MlflowTracker(mlflow_uri, session_name=session_name, outbox=outbox)
+    )
+    return Recorder(settings, tracker, regen=regen)
+
+
 @dataclass
 class Recorder:
     """Collects a session's outcomes in one process (the pytest controller, or the CLI) and logs
@@ -228,6 +216,7 @@ class Recorder:
     outcomes: list[Outcome] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     held: bool = False
+    regen: Callable[[Outcome], str] | None = None  # the face's regen command, for summaries
     _logged: int = 0
 
     def add(self, outcome: Outcome) -> None:
@@ -250,4 +239,4 @@ class Recorder:
         if self.settings.report_dir is not None and self.outcomes:
             from harness import report
 
-            report.write_session(self.settings.report_dir, self.outcomes)
+            report.write_session(self.settings.report_dir, self.outcomes, self.regen)

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness._util import redact, write_text_atomic
+from harness.metricnames import is_known, parse
+from harness.provenance import source_tags
 
 if TYPE_CHECKING:
-    from harness.session import Outcome
+    from harness.results import Outcome
 
 EXPERIMENT = "prune-harness"
 OUTBOX = Path(".harness") / "outbox"
@@ -182,7 +184,7 @@ class MlflowTracker(Tracker):
             return
         self.messages.append(
             f"results logged to MLflow at {self.shown_uri} "
-            f"(experiment {EXPERIMENT!r}, run {self.session_run})"
+            f"(experiment {experiment_name()!r}, run {self.session_run})"
         )
 
 
@@ -277,8 +279,15 @@ def _open(uri: str) -> tuple[Any, str]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    return client, exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
+    name = experiment_name()
+    exp = client.get_experiment_by_name(name)
+    return client, exp.experiment_id if exp else client.create_experiment(name)
+
+
+def experiment_name() -> str:
+    """The experiment runs go to: ``$MLFLOW_EXPERIMENT_NAME`` (MLflow's own variable), else
+    ``prune-harness``."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or EXPERIMENT
 
 
 def describe_failure(err: Exception) -> str:
@@ -368,8 +377,10 @@ def log_outcome(
         if name in outcome.baseline_means:
             delta = s.mean - outcome.baseline_means[name]
             metrics.append(Metric(f"delta_baseline.{name}", delta, now, 0))
-        if name.startswith("pruned.") and (dense := r.metrics.get("dense." + name[7:])):
-            metrics.append(Metric(f"delta_dense.{name[7:]}", s.mean - dense.mean, now, 0))
+        ref = parse(name) if is_known(name) else None
+        dense = r.metrics.get(ref.with_model("dense").name) if ref else None
+        if ref is not None and ref.model == "pruned" and dense is not None:
+            metrics.append(Metric(f"delta_dense.{ref.base}", s.mean - dense.mean, now, 0))
     params = [Param(k, val[:6000]) for k, val in outcome.params.items()]
     _batch(client, run_id, metrics, params)
     if r.dataset:
@@ -460,7 +471,7 @@ def sync_outbox(uri: str, outbox: Path = OUTBOX) -> SyncReport:
 
 
 def _sync(uri: str, outbox: Path) -> SyncReport:
-    from harness.session import Outcome
+    from harness.results import Outcome
 
     # case records first, then the session ends they belong to
     files = sorted(outbox.glob("*.json"), key=lambda p: ("~session-end" in p.name, p.name))
@@ -530,23 +541,3 @@ def latest_session(client: Any, experiment_id: str, branch: str) -> str | None:
         max_results=1,
     )
     return str(found[0].info.run_id) if found else None
-
-
-def source_tags() -> dict[str, str]:
-    """Git commit and branch (MLflow's own tag names) and, in GitHub Actions, the run's URL."""
-    from harness.baseline import git, git_commit
-
-    tags = {"mlflow.source.git.commit": git_commit()}
-    branch = (
-        os.environ.get("GITHUB_HEAD_REF")
-        or os.environ.get("GITHUB_REF_NAME")
-        or git("rev-parse", "--abbrev-ref", "HEAD")
-    )
-    if branch and branch != "HEAD":
-        tags["mlflow.source.git.branch"] = branch
-    if os.environ.get("GITHUB_ACTIONS") == "true":
-        server = os.environ.get("GITHUB_SERVER_URL", "https://github.com")
-        repo, run = os.environ.get("GITHUB_REPOSITORY", ""), os.environ.get("GITHUB_RUN_ID", "")
-        if repo and run:
-            tags["harness.ci_run_url"] = f"{server}/{repo}/actions/runs/{run}"
-    return tags

@@ -39,41 +39,57 @@ prune = { method = "structured", sparsity = 0.3 }
 """
 
 
-def _warm_up() -> None:
-    """Run the tiny suite once (with MLflow) in this process.
+# What an inner run must not see of the real CI: its job summary, its run tags, its MLflow store.
+CI_ENVIRONMENT = ("GITHUB_STEP_SUMMARY", "GITHUB_ACTIONS", "MLFLOW_TRACKING_URI")
+
+
+@pytest.fixture(scope="session")
+def warm_imports(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Run the tiny suite once (with MLflow) in this process, before the first in-process run.
 
     pytester's in-process runs drop the modules they import when they end; torch and MLflow
     register global state on import and cannot be imported twice, so everything a run imports
-    lazily is imported here first.
+    lazily is imported here first. Session-scoped, so it is set up before any function-scoped
+    ``pytester`` takes its snapshot of ``sys.modules``; requested only through ``pytester``
+    (below), so a session of unit tests trains nothing and imports neither torch nor MLflow here.
     """
-    import tempfile
     import tomllib
-    from pathlib import Path
 
     from harness import tracking
     from harness.session import Recorder, Settings, check_case
     from harness.spec import suite_from_dict
 
+    tmp = tmp_path_factory.mktemp("warm-up")
     suite = suite_from_dict(tomllib.loads(TINY_SUITE))
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(baselines=Path(tmp) / "baselines", regen=True)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in CI_ENVIRONMENT:
+            mp.delenv(name, raising=False)
+        settings = Settings(baselines=tmp / "baselines", regen=True)
         tracker = tracking.MlflowTracker(
-            f"sqlite:///{tmp}/warm.db", session_name="warm-up", outbox=Path(tmp) / "outbox"
+            f"sqlite:///{tmp}/warm.db", session_name="warm-up", outbox=tmp / "outbox"
         )
         recorder = Recorder(settings, tracker)
         for case in suite.cases:
-            recorder.add(check_case(suite, case, settings, regen_hint="-"))
+            recorder.add(check_case(suite, case, settings))
         recorder.finish()
-
-
-_warm_up()
 
 
 @pytest.fixture(autouse=True)
 def _no_ci_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Inner pytest runs must not write to the real CI's job summary or tag runs with it."""
-    for name in ("GITHUB_STEP_SUMMARY", "GITHUB_ACTIONS", "MLFLOW_TRACKING_URI"):
+    for name in CI_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def pytester(warm_imports: None, pytester: pytest.Pytester) -> pytest.Pytester:
+    """pytest's ``pytester``, with :func:`warm_imports` done first.
+
+    Every in-process run (``runpytest``, ``inline_run``) needs it, and overriding the fixture
+    here covers every test module that uses one; a test that only runs
+    ``runpytest_subprocess`` pays the one warm-up of the session too.
+    """
+    return pytester
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from harness.models import cnn1d, mlp
 from harness.pruning import PruneContext, create, get, prunable_modules
 from harness.pruning.auto import (
     DEFAULT_GRID,
+    AutoArgs,
     AutoPruner,
     allocate,
     calibration_indices,
@@ -30,6 +31,7 @@ from harness.pruning.auto import (
     weight_costs,
 )
 from harness.pruning.base import weight
+from harness.schema import SpecError
 from harness.spec import PruneSpec, TrainSpec
 from harness.training import fit, predict_logits
 
@@ -386,25 +388,46 @@ def test_scope_layer_is_uniform_magnitude() -> None:
         assert torch.equal(a.weight_mask, b.weight_mask)
 
 
-def test_check_validates_every_arg() -> None:
+def test_parse_args_validates_every_arg() -> None:
     cls = get("auto")
     assert cls is AutoPruner
 
-    def problem(sparsity: float = 0.5, **args: object) -> str | None:
-        return cls.check(PruneSpec("auto", sparsity, args=args))
+    def problem(**args: object) -> tuple[str, str]:
+        with pytest.raises(SpecError) as info:
+            cls.parse_args(args)
+        return info.value.key, info.value.problem
 
-    assert problem() is None
-    assert problem(budget="flops", grid=[0, 0.5, 0.9], calibration=0.1, max_layer=0.95) is None
-    assert "latency" in (problem(budget="latency") or "")
-    assert "dense kernels" in (problem(budget="latency") or "")
-    assert "budget" in (problem(budget="bytes") or "")
-    for grid in ([0.5, 0.2], [0.1, 1.0], [], [0.1, True], "0.1"):
-        assert "grid" in (problem(grid=grid) or ""), grid
+    assert cls.parse_args({}) == AutoArgs()
+    good = cls.parse_args({"budget": "flops", "grid": [0, 0.5, 0.9], "calibration": 0.1})
+    assert good == AutoArgs(budget="flops", grid=(0.0, 0.5, 0.9), calibration=0.1)
+    key, text = problem(budget="latency")
+    assert key == "prune.args.budget" and "dense kernels" in text and "structured" in text
+    assert problem(budget="bytes") == ("prune.args.budget", "must be one of params, flops, energy")
+    unsorted = "must be sorted ascending without repeats"
+    out_of_range = "must be a non-empty array of numbers in [0, 1)"
+    for grid, text in (
+        ([0.5, 0.2], unsorted),
+        ([0.2, 0.2], unsorted),
+        ([0.1, 1.0], out_of_range),
+        ([], out_of_range),
+        ([0.1, True], "must be an array of numbers"),
+        ("0.1", "must be an array"),
+    ):
+        assert problem(grid=grid) == ("prune.args.grid", text), grid
     for key in ("calibration", "max_layer"):
-        for bad in (0, 1, 1.5, -0.1, "0.5", True):
-            assert key in (problem(**{key: bad}) or ""), (key, bad)
-    assert "max_layer" in (problem(0.99) or "")  # above the default cap: budget unreachable
-    assert "nope" in (problem(nope=1) or "")
+        for bad in (0, 1, 1.5, -0.1):
+            assert problem(**{key: bad}) == (f"prune.args.{key}", "must be in (0, 1)"), (key, bad)
+        for bad in ("0.5", True):
+            assert problem(**{key: bad}) == (f"prune.args.{key}", "must be a number"), (key, bad)
+    assert problem(nope=1) == ("prune.args.nope", "unknown key")
+    # with the spec: a target above the cap cannot be allocated
+    assert create(PruneSpec("auto", 0.9, args={"max_layer": 0.95})).args.max_layer == 0.95
+    with pytest.raises(SpecError) as info:
+        create(PruneSpec("auto", 0.99))  # above the default cap: budget unreachable
+    assert (info.value.key, info.value.value) == ("prune.args.max_layer", 0.98)
+    assert (
+        info.value.problem == "below the target sparsity 0.99 (no allocation can meet the budget)"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from harness.baseline import (
     BaselineError,
     BaselineStore,
     environment,
+    git_commit,
     same_hardware,
 )
 from harness.runner import CaseResult, MetricSummary
@@ -200,14 +201,21 @@ def test_malformed_files_raise_one_line_naming_the_file(
 
 
 @pytest.mark.parametrize(
-    "content", ["not json at all", '{"schema_version": 1,', "", "[1, 2]", "null"]
+    ("content", "problem"),
+    [
+        ("not json at all", "not readable JSON (Expecting value: line 1 column 1"),
+        ('{"schema_version": 1,', "not readable JSON (Expecting property name enclosed in"),
+        ("", "not readable JSON (Expecting value: line 1 column 1"),
+        ("[1, 2]", "<root> = 'list': must be a JSON object"),
+        ("null", "<root> = 'NoneType': must be a JSON object"),
+    ],
 )
-def test_not_a_json_object_raises(tmp_path: Path, content: str) -> None:
+def test_not_a_json_object_raises(tmp_path: Path, content: str, problem: str) -> None:
     store = _write(tmp_path, content)
     with pytest.raises(BaselineError) as info:
         store.load("tiny", "mag-50")
     assert "\n" not in str(info.value)
-    assert str(info.value).startswith(str(store.path("tiny", "mag-50")))
+    assert str(info.value).startswith(f"{store.path('tiny', 'mag-50')}: {problem}")
 
 
 def test_invalid_utf8_raises(tmp_path: Path) -> None:
@@ -242,7 +250,7 @@ def test_from_result_copies_the_result() -> None:
     assert b.metrics == metrics and b.metrics is not metrics
     assert b.env["threads"] == 3
     assert b.created.endswith("Z") and len(b.created) == len("2024-05-01T12:00:00Z")
-    assert isinstance(b.commit, str) and b.commit
+    assert b.commit == git_commit()  # this checkout's commit (or $GITHUB_SHA)
 
 
 def test_environment_fingerprint() -> None:

@@ -14,8 +14,8 @@ from scipy import stats as st
 
 from harness import numerics, stats
 from harness.baseline import Baseline, environment
-from harness.gate import CROSS_HARDWARE_PREFIX, Status, evaluate
-from harness.runner import CaseResult, MetricSummary
+from harness.gate import CROSS_HARDWARE_PREFIX, evaluate
+from harness.results import CaseResult, MetricSummary, Remedy, Status
 from harness.spec import RuleSpec
 
 HINT = "`pytest x --harness-regen`"
@@ -65,7 +65,7 @@ def _judge(now: dict[str, list[float]], base: dict[str, list[float]], env: dict[
         RuleSpec("pruned.f1_macro", max_drop=0.01),
         RuleSpec("vs_dense.f1_macro", max_drop=0.05),
     )
-    return evaluate(_result(now), _baseline(base, env), rules, threads=1, regen_hint=HINT)
+    return evaluate(_result(now), _baseline(base, env), rules)
 
 
 BASE = {"dense.f1_macro": [0.95] * FOLDS, "pruned.f1_macro": [0.94] * FOLDS}
@@ -104,7 +104,8 @@ def test_same_machine_baseline_is_judged_exactly() -> None:
     verdict = _judge(now, BASE, environment(1))
     assert verdict.status is Status.REGRESSED
     assert not any(n.startswith(CROSS_HARDWARE_PREFIX) for n in verdict.notes)
-    assert any(n.startswith("if the change is intended") for n in verdict.notes)
+    assert verdict.remedy is Remedy.IF_INTENDED
+    assert verdict.lines(HINT)[1] == f"if the change is intended, rewrite the baseline with {HINT}"
 
 
 def test_other_hardware_is_named_and_noise_within_the_floor_passes() -> None:
@@ -129,7 +130,14 @@ def test_other_hardware_still_catches_a_drop_beyond_the_noise() -> None:
     assert verdict.status is Status.REGRESSED
     assert [c.key for c in verdict.failed] == ["pruned.f1_macro"]
     assert any("larger than hardware noise explains" in n for n in verdict.notes)
-    assert not any(n.startswith("if the change is intended") for n in verdict.notes)
+    assert verdict.remedy is Remedy.IF_INTENDED_CROSS
+    assert any(
+        line.endswith(
+            f"if it is intended, rewrite the baseline with {HINT} (portable numerics "
+            "keep it valid on every AVX2 machine)"
+        )
+        for line in verdict.lines(HINT)
+    )
 
 
 def test_an_old_baseline_without_fingerprint_is_other_hardware() -> None:
@@ -204,7 +212,8 @@ def test_portable_on_another_cpu_is_exact_when_the_bits_match() -> None:
     verdict = _judge(now, BASE, _portable_elsewhere())
     assert verdict.status is Status.REGRESSED  # the noise floor is zero: the plain threshold
     assert not any(n.startswith(CROSS_HARDWARE_PREFIX) for n in verdict.notes)
-    assert any(n.startswith("if the change is intended") for n in verdict.notes)
+    assert verdict.remedy is Remedy.IF_INTENDED
+    assert verdict.lines(HINT)[1] == f"if the change is intended, rewrite the baseline with {HINT}"
 
 
 def test_portable_on_another_cpu_names_pins_that_did_not_hold() -> None:

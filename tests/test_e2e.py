@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.metrics import parse_metric
+from harness.metricnames import parse as parse_metric
 
 NO_MLFLOW = "--harness-no-mlflow"
 

@@ -14,17 +14,8 @@ from hypothesis import strategies as st
 from sklearn.preprocessing import StandardScaler
 
 from harness.data import Dataset, Fold, load_dataset, make_folds
-from harness.data.edge import (
-    GRID_DATA,
-    KINDS,
-    NAME_RE,
-    PATH_KINDS,
-    EdgeSet,
-    check_edge,
-    imbalanced_counts,
-    make_edge_set,
-    parse_edge,
-)
+from harness.data.edge import KINDS, check_edge, imbalanced_counts, make_edge_set
+from harness.edgesets import GRID_DATA, NAME_RE, PATH_KINDS, EdgeSet, parse_edge
 
 NAME_PATTERN = re.compile(r"^[a-z0-9_.]+$")
 BUILTIN_KINDS = [k for k in KINDS if k not in PATH_KINDS]

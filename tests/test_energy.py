@@ -17,7 +17,8 @@ from harness.energy import COSTS_PJ, EnergyEstimate, estimate, weight_energy_pj
 from harness.models import cnn1d, mlp
 from harness.pruning import PruneContext, create, get, prunable_modules
 from harness.pruning.base import weight
-from harness.pruning.energy_aware import EnergyAwarePruner, unit_energy_saved
+from harness.pruning.energy_aware import EnergyAwareArgs, EnergyAwarePruner, unit_energy_saved
+from harness.schema import SpecError
 from harness.spec import PruneSpec
 
 MAC, DRAM = COSTS_PJ["fp32_mac"], COSTS_PJ["dram_read_32b"]
@@ -302,25 +303,25 @@ def test_ignored_layers_keep_their_units() -> None:
     assert model[0].out_features == 10 and model[2].out_features < 10
 
 
-def test_registered_and_check_rejects_bad_args() -> None:
+def test_registered_and_parse_args_rejects_bad_args() -> None:
     cls = get("energy-aware")
     assert cls is EnergyAwarePruner and cls.structured
     assert cls.summary.startswith("Structured:")
-    for args in (
-        {"importance": "l1"},
-        {"ignore": "0"},
-        {"ignore": [0]},
-        {"batches": 0},
-        {"batch_size": True},
-        {"energy_exponent": -1},
-        {"energy_exponent": True},
-        {"energy_exponent": "1"},
-        {"energy_exponent": float("inf")},
-        {"nope": 1},
+    for args, problem in (
+        ({"importance": "l1"}, "must be one of magnitude, taylor"),
+        ({"ignore": "0"}, "must be an array"),
+        ({"ignore": [0]}, "must be an array of strings"),
+        ({"batches": 0}, "must be > 0"),
+        ({"batch_size": True}, "must be an integer"),
+        ({"energy_exponent": -1}, "must be >= 0"),
+        ({"energy_exponent": True}, "must be a number"),
+        ({"energy_exponent": "1"}, "must be a number"),
+        ({"energy_exponent": float("inf")}, "must be finite"),
+        ({"nope": 1}, "unknown key"),
     ):
-        assert next(iter(args)) in (cls.check(PruneSpec("energy-aware", 0.5, args=args)) or ""), (
-            args
-        )
+        with pytest.raises(SpecError) as info:
+            cls.parse_args(args)
+        assert (info.value.key, info.value.problem) == (f"prune.args.{next(iter(args))}", problem)
     good = {
         "importance": "taylor",
         "energy_exponent": 0.5,
@@ -328,7 +329,8 @@ def test_registered_and_check_rejects_bad_args() -> None:
         "batches": 2,
         "batch_size": 16,
     }
-    assert cls.check(PruneSpec("energy-aware", 0.5, args=good)) is None
+    parsed = cls.parse_args(good)
+    assert parsed == EnergyAwareArgs(**{**good, "ignore": ("0",)})
 
 
 def test_estimate_of_an_empty_model_is_zero() -> None:

@@ -21,8 +21,9 @@ import pytest
 
 from harness import tracking
 from harness.baseline import Baseline, BaselineError, BaselineStore
-from harness.gate import Status, evaluate
-from harness.runner import CaseResult, MetricSummary
+from harness.gate import evaluate
+from harness.provenance import environment
+from harness.results import CaseResult, MetricSummary, Remedy, Status
 
 NO_MLFLOW = "--harness-no-mlflow"
 
@@ -140,7 +141,8 @@ def test_replaced_data_file_is_data_changed_not_regressed(pytester: pytest.Pytes
 
 def _result(digest: str) -> CaseResult:
     m = {"pruned.accuracy": MetricSummary.of([0.9, 0.9])}
-    return CaseResult("s", "c", "h", digest, ({}, {}), m, 0.0, {"name": "npz:d.npz"})
+    env = environment(1)  # what run_case records
+    return CaseResult("s", "c", "h", digest, ({}, {}), m, 0.0, {"name": "npz:d.npz"}, env=env)
 
 
 def test_gate_data_changed_and_older_baselines_without_digest() -> None:
@@ -148,13 +150,16 @@ def test_gate_data_changed_and_older_baselines_without_digest() -> None:
 
     rules = (RuleSpec("pruned.accuracy", max_drop=0.01),)
     base = Baseline.from_result(_result("aaaa"), threads=1)
-    v = evaluate(_result("bbbb"), base, rules, threads=1, regen_hint="R")
+    v = evaluate(_result("bbbb"), base, rules)
     assert v.status is Status.DATA_CHANGED and not v.ok
-    assert "digest aaaa -> bbbb" in v.notes[0] and v.notes[0].endswith("with R")
+    assert "digest aaaa -> bbbb" in v.notes[0] and v.remedy is Remedy.DATA_CHANGED
+    assert v.lines("R")[0].endswith(
+        "if the new data is intended, review and rewrite the baseline with R"
+    )
     assert all(c.reference is None for c in v.checks)  # nothing judged against other data
     old = Baseline.from_result(_result(""), threads=1)  # recorded before digests were stored
     assert "dataset_digest" not in old.to_dict()
-    assert evaluate(_result("bbbb"), old, rules, threads=1, regen_hint="R").status is Status.PASS
+    assert evaluate(_result("bbbb"), old, rules).status is Status.PASS
 
 
 def test_baseline_dataset_digest_is_validated(tmp_path: Path) -> None:
@@ -382,7 +387,7 @@ def test_artifacts_folder_unwritable_does_not_fail_a_passing_case(tmp_path: Path
     blocked = tmp_path / "artifacts"
     blocked.write_text("a file where the folder should be")
     settings = Settings(baselines=tmp_path / "baselines", regen=True, artifacts_dir=blocked)
-    outcome = check_case(suite, case, settings, regen_hint="-")
+    outcome = check_case(suite, case, settings)
     assert outcome.verdict.ok and outcome.artifacts is None
     assert len(outcome.warnings) == 1
     assert outcome.warnings[0].startswith(f"tiny::mag-50: report files not written to {blocked}")
@@ -524,7 +529,7 @@ def test_two_concurrent_syncs_log_each_case_once(tmp_path: Path) -> None:
 
     suite = suite_from_dict(tomllib.loads(TINY_SUITE))
     settings = Settings(baselines=tmp_path / "baselines", regen=True)
-    outcomes = [check_case(suite, c, settings, regen_hint="-") for c in suite.cases]
+    outcomes = [check_case(suite, c, settings) for c in suite.cases]
     outbox = tmp_path / "outbox"
     tracker = tracking.MlflowTracker("sqlite:///x", session_name="s", outbox=outbox)
     tracker.broken = "down"
@@ -559,6 +564,7 @@ PRUNE = ("case", 0, "prune")
 def _spec_error(changes: dict[tuple, object]) -> str:
     import copy
 
+    from harness.resolve import resolve
     from harness.spec import SpecError, suite_from_dict
 
     data = copy.deepcopy(WINE)
@@ -568,7 +574,7 @@ def _spec_error(changes: dict[tuple, object]) -> str:
             node = node.setdefault(part, {}) if isinstance(part, str) else node[part]
         node[path[-1]] = value
     with pytest.raises(SpecError) as err:
-        suite_from_dict(data)
+        resolve(suite_from_dict(data))  # as the faces check a suite: structure, then resolution
     assert "\n" not in str(err.value)
     return str(err.value)
 
@@ -593,7 +599,7 @@ def _spec_error(changes: dict[tuple, object]) -> str:
             {("train", "scheduler"): "plateau", ("train", "gamma"): 1.5},
             'train.gamma = 1.5: must be > 0 and < 1 with scheduler = "plateau"',
         ),
-        ({("suite", "time_budget"): 0}, "suite.time_budget = 0.0: must be > 0 (seconds)"),
+        ({("suite", "time_budget"): 0}, "suite.time_budget = 0: must be > 0 (seconds)"),
         ({("suite", "time_budget"): 1e12}, "suite.time_budget = 1000000000000.0: must be <="),
         (
             {

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from harness.baseline import Baseline, BaselineError, BaselineStore
 from harness.gate import evaluate
-from harness.runner import CaseResult, MetricSummary
+from harness.results import CaseResult, MetricSummary
 from harness.spec import SpecError, SuiteSpec, load_suite, suite_from_dict
 
 EXAMPLES = int(os.environ.get("HARNESS_FUZZ_EXAMPLES", "150"))
@@ -122,7 +122,7 @@ def _check_baseline_text(root: Path, text: str) -> None:
         RuleSpec("pruned.f1_macro", max_drop=0.01),
         RuleSpec("vs_dense.f1_macro", max_drop=0.05),
     )
-    evaluate(_result(), baseline, rules, threads=1, regen_hint="R")  # judges without raising
+    evaluate(_result(), baseline, rules)  # judges without raising
 
 
 @FUZZ
@@ -237,8 +237,7 @@ def test_fuzz_suite_text(
 
 
 def _record() -> dict:
-    from harness.gate import Status, Verdict
-    from harness.session import Outcome
+    from harness.results import Outcome, Status, Verdict
 
     outcome = Outcome(_result(), Verdict("s", "c", Status.PASS), {"seed": "0"}, "suites/s.toml")
     return {

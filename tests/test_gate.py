@@ -1,16 +1,23 @@
-"""The gate on hand-built results and baselines (no training)."""
+"""The gate on hand-built results and baselines (no training): single rules, verdicts, the
+statistical policies on per-fold values (against the real scipy tests), ``vs_dense`` pairing and
+``class_*`` wildcards."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from scipy import stats as sps
 
-from harness.baseline import Baseline, environment
-from harness.gate import Check, Rule, Status, Verdict, evaluate
-from harness.runner import CaseResult, MetricSummary
+from harness.baseline import Baseline
+from harness.gate import Rule, evaluate
+from harness.provenance import environment
+from harness.results import CaseResult, Check, MetricSummary, Remedy, Status, Verdict
 from harness.spec import RuleSpec
 
 HINT = "--harness-regen"
@@ -26,6 +33,7 @@ def _result(values: dict[str, float], spec_hash: str = HASH) -> CaseResult:
         (dict(values),),
         {k: MetricSummary((v,), v, 0.0) for k, v in values.items()},
         0.1,
+        env=environment(1),  # what run_case records: the gate never reads the machine
     )
 
 
@@ -50,7 +58,11 @@ def _check(rule: RuleSpec, now: dict[str, float], base: dict[str, float] | None)
 
 
 def _evaluate(now: dict[str, float], base: Baseline | None, *rules: RuleSpec) -> Verdict:
-    return evaluate(_result(now), base, rules, threads=1, regen_hint=HINT)
+    return _verdict(_result(now), base, *rules)
+
+
+def _verdict(result: CaseResult, base: Baseline | None, *rules: RuleSpec) -> Verdict:
+    return evaluate(result, base, rules)
 
 
 HIGHER = [
@@ -272,7 +284,8 @@ def test_metric_not_measured_is_skipped_but_missing_in_the_baseline_fails() -> N
     )
     verdict = _evaluate({"pruned.f1_macro": 0.5}, _baseline({}), rule)  # "metrics": {}
     assert verdict.status is Status.REGRESSED
-    assert any(HINT in n for n in verdict.notes)
+    assert verdict.remedy is Remedy.IF_INTENDED
+    assert f"if the change is intended, rewrite the baseline with {HINT}" in verdict.lines(HINT)
     assert _check(rule, {"pruned.f1_macro": 0.5}, None).note == "no baseline"
 
 
@@ -338,8 +351,9 @@ def test_unchanged_result_passes() -> None:
 def test_missing_baseline_is_new_and_names_the_regen_hint() -> None:
     verdict = _evaluate(NOW, None, *RULES)
     assert verdict.status is Status.NEW and not verdict.ok
-    assert verdict.notes[0] == "no baseline for tiny/mag-50; create it with --harness-regen"
+    assert verdict.notes[0] == "no baseline for tiny/mag-50"  # the gate names no command
     assert verdict.lines() == list(verdict.notes)
+    assert verdict.lines(HINT)[0] == "no baseline for tiny/mag-50; create it with --harness-regen"
     by_key = {c.key: c for c in verdict.checks}
     assert by_key["pruned.f1_macro"].passed is None
     assert by_key["vs_dense.f1_macro"].passed is True  # still checked without a baseline
@@ -350,7 +364,10 @@ def test_other_spec_hash_is_spec_changed() -> None:
     verdict = _evaluate(NOW, _baseline(NOW, spec_hash="old-hash"), *RULES)
     assert verdict.status is Status.SPEC_CHANGED and not verdict.ok
     assert "old-hash -> spec-hash-1" in verdict.notes[0]
-    assert HINT in verdict.notes[0]
+    assert verdict.lines(HINT)[0] == (
+        "the case spec changed since its baseline (spec hash old-hash -> spec-hash-1); "
+        f"review and rewrite it with {HINT}"
+    )
     # the stale baseline is not compared against
     assert {c.key: c.passed for c in verdict.checks}["pruned.f1_macro"] is None
 
@@ -361,9 +378,9 @@ def test_baseline_raised_by_005_fails_naming_the_metric() -> None:
     verdict = _evaluate(NOW, _baseline(base), *RULES)
     assert verdict.status is Status.REGRESSED and not verdict.ok
     assert [c.key for c in verdict.failed] == ["pruned.f1_macro"]
-    lines = verdict.lines()
+    lines = verdict.lines(HINT)
     assert lines[0].startswith("pruned.f1_macro: baseline 0.9300, now 0.8800, allowed >= 0.9200")
-    assert any(HINT in line for line in lines[1:])
+    assert lines[1:] == [f"if the change is intended, rewrite the baseline with {HINT}"]
 
 
 def test_lines_give_one_line_per_failed_metric() -> None:
@@ -389,7 +406,8 @@ def test_only_dense_or_absolute_failures_do_not_suggest_regen() -> None:
     verdict = _evaluate(now, _baseline(now), RuleSpec("vs_dense.f1_macro", max_drop=0.05))
     assert verdict.status is Status.REGRESSED
     assert verdict.lines()[0].startswith("vs_dense.f1_macro: dense 0.9000, now 0.7000")
-    assert not any(HINT in n for n in verdict.notes)
+    assert verdict.remedy is None
+    assert not any(HINT in line for line in verdict.lines(HINT))
 
 
 def _other_cpu() -> dict[str, Any]:
@@ -425,3 +443,320 @@ def test_latency_within_tolerance_on_same_hardware_passes() -> None:
     base = dict(NOW, **{"pruned.latency_ms_p50": 0.75})
     verdict = _evaluate(NOW, _baseline(base), RuleSpec("pruned.latency_ms_p50", max_rel_drop=0.1))
     assert verdict.status is Status.PASS  # 0.8 <= 0.75 * 1.1
+
+
+# --------------------------------------------------------------------------------------------
+# statistical policies on per-fold values
+#
+# Results with per-fold values (5 folds of digits) so that the corrected t-test has folds to
+# pair; the expected statistics are computed here by hand or with scipy.
+
+DATASET = {"n_test": 360, "n_train": 1437}  # digits, 5 folds
+FoldValues = Mapping[str, list[float] | float]  # per-fold values, or a case-level value (no folds)
+
+
+def _summary(value: list[float] | float) -> MetricSummary:
+    if isinstance(value, list):
+        return MetricSummary.of(value)
+    return MetricSummary((), float(value), 0.0)
+
+
+def _cv_result(
+    values: FoldValues,
+    *,
+    pie: dict[str, Any] | None = None,
+    class_names: tuple[str, ...] = (),
+) -> CaseResult:
+    per_fold = [v for v in values.values() if isinstance(v, list)]
+    k = len(per_fold[0]) if per_fold else 0
+    folds = tuple(
+        {name: v[i] for name, v in values.items() if isinstance(v, list)} for i in range(k)
+    )
+    return CaseResult(
+        "tiny",
+        "mag-50",
+        HASH,
+        "digest",
+        folds,
+        {name: _summary(v) for name, v in values.items()},
+        0.1,
+        dataset=dict(DATASET),
+        class_names=class_names,
+        pie=pie or {},
+    )
+
+
+def _cv_baseline(values: FoldValues) -> Baseline:
+    return Baseline(
+        "tiny",
+        "mag-50",
+        HASH,
+        environment(1),
+        "cafe1234",
+        "2024-05-01T12:00:00Z",
+        {name: _summary(v) for name, v in values.items()},
+    )
+
+
+def _cv_check(spec: RuleSpec, now: FoldValues, base: FoldValues | None, **kw: Any) -> Check:
+    rule = Rule.parse(spec)
+    return rule.check(
+        _cv_result(now, **kw), None if base is None else _cv_baseline(base), hardware_note=""
+    )
+
+
+def _minus(ref: list[float], worsening: list[float]) -> list[float]:
+    return [r - w for r, w in zip(ref, worsening, strict=True)]
+
+
+def _plus(ref: list[float], worsening: list[float]) -> list[float]:
+    return [r + w for r, w in zip(ref, worsening, strict=True)]
+
+
+def _by_fold(ref: list[float], now: list[float]) -> list[float]:
+    return [r - n for r, n in zip(ref, now, strict=True)]
+
+
+def _corrected_t(worsening: list[float], margin: float) -> tuple[float, int]:
+    """Nadeau & Bengio's corrected t by hand, and its degrees of freedom."""
+    d = np.asarray(worsening)
+    k = d.size
+    se = math.sqrt((1 / k + DATASET["n_test"] / DATASET["n_train"]) * d.var(ddof=1))
+    return (d.mean() - margin) / se, k - 1
+
+
+BASE = [0.90, 0.92, 0.91, 0.93, 0.89]
+CONSISTENT = [0.05, 0.06, 0.05, 0.055, 0.06]  # mean 0.055, tiny spread
+NOISY = [0.10, -0.05, 0.08, -0.04, 0.06]  # mean 0.03, large spread
+NOISY_SMALL = [0.02, -0.01, 0.015, -0.005, 0.0]  # mean 0.004, large spread for its size
+F1 = "pruned.f1_macro"
+
+
+def test_significant_passes_an_unchanged_result() -> None:
+    check = _cv_check(
+        RuleSpec(F1, max_drop=0.01, policy="significant"), {F1: list(BASE)}, {F1: list(BASE)}
+    )
+    assert check.passed is True, check.line()
+    assert check.test.startswith("significant: pass, mean worsening 0 not above margin 0.01")
+    assert "p=1" in check.test
+
+
+def test_significant_fails_a_consistent_drop_and_names_policy_test_statistic_p() -> None:
+    now = _minus(BASE, CONSISTENT)
+    check = _cv_check(RuleSpec(F1, max_drop=0.01, policy="significant"), {F1: now}, {F1: BASE})
+    assert check.passed is False
+    t, df = _corrected_t(_by_fold(BASE, now), 0.0)  # significance of the worsening itself
+    p = sps.t.sf(t, df)
+    assert p < 1e-3
+    line = check.line()
+    assert "\n" not in line
+    assert line.startswith(f"{F1}: baseline {np.mean(BASE):.4f}, now {np.mean(now):.4f}, ")
+    assert "allowed >= 0.9000" in line  # the margin bound is the one shown as failed
+    assert "significant at alpha 0.05" in line  # the rule
+    assert "significant: FAIL" in line  # the policy's verdict
+    assert "corrected t-test" in line  # the test
+    assert f"t={t:.3g}" in line  # its statistic, with this run's fold sizes
+    assert f"p={p:.2g}" in line  # its p-value
+    assert "mean worsening 0.055 significant and above margin 0.01" in line
+
+
+def test_noisy_drop_beyond_max_drop_passes_significant_but_fails_threshold() -> None:
+    now = _minus(BASE, NOISY)
+    assert np.mean(BASE) - np.mean(now) > 0.01
+    threshold = _cv_check(RuleSpec(F1, max_drop=0.01), {F1: now}, {F1: BASE})
+    assert threshold.passed is False and threshold.test == ""
+    significant = _cv_check(
+        RuleSpec(F1, max_drop=0.01, policy="significant"), {F1: now}, {F1: BASE}
+    )
+    assert significant.passed is True, significant.line()
+    t, df = _corrected_t(_by_fold(BASE, now), 0.0)
+    assert sps.t.sf(t, df) > 0.05
+    assert "above but not significant, vs margin 0.01" in significant.test
+    assert f"t={t:.3g}" in significant.test
+
+
+def test_non_inferior_passes_an_unchanged_result_with_a_positive_margin() -> None:
+    check = _cv_check(
+        RuleSpec(F1, max_drop=0.01, policy="non_inferior"), {F1: list(BASE)}, {F1: list(BASE)}
+    )
+    assert check.passed is True, check.line()
+    assert check.test.startswith("non_inferior: pass")
+
+
+def test_non_inferior_fails_a_noisy_small_drop_that_cannot_be_shown_non_inferior() -> None:
+    now = _minus(BASE, NOISY_SMALL)
+    rule = RuleSpec(F1, max_drop=0.01, policy="non_inferior")
+    # the mean drop is within max_drop: threshold and significant pass ...
+    assert _cv_check(RuleSpec(F1, max_drop=0.01), {F1: now}, {F1: BASE}).passed is True
+    sig = RuleSpec(F1, max_drop=0.01, policy="significant")
+    assert _cv_check(sig, {F1: now}, {F1: BASE}).passed is True
+    # ... but non-inferiority (H1: worsening < margin) is not shown
+    check = _cv_check(rule, {F1: now}, {F1: BASE})
+    assert check.passed is False
+    t, df = _corrected_t(_by_fold(BASE, now), 0.01)
+    p = sps.t.cdf(t, df)
+    assert p > 0.05
+    line = check.line()
+    assert "non_inferior at alpha 0.05" in line
+    assert "non_inferior: FAIL" in line and "not shown below margin 0.01" in line
+    assert "corrected t-test" in line and f"t={t:.3g}" in line and f"p={p:.2g}" in line
+    assert "allowed >= 0.9000" in line
+
+
+def test_policy_alpha_is_used() -> None:
+    # the noisy drop: p of about 0.35 passes at 0.05 and fails at alpha 0.5
+    now = _minus(BASE, NOISY)
+    loose = _cv_check(
+        RuleSpec(F1, max_drop=0.01, policy="significant", alpha=0.5), {F1: now}, {F1: BASE}
+    )
+    assert loose.passed is False
+    assert "alpha 0.5" in loose.line()
+
+
+def test_vs_dense_pairs_pruned_with_dense_folds_of_the_same_run() -> None:
+    # the dense folds spread widely; the pruned model is consistently 0.02 worse on each
+    dense = [0.60, 0.95, 0.70, 0.90, 0.80]
+    pruned = _minus(dense, [0.02, 0.021, 0.019, 0.02, 0.02])
+    now = {"dense.f1_macro": dense, F1: pruned}
+    # a baseline with other values is not what vs_dense compares with
+    base = {"dense.f1_macro": [0.1] * 5, F1: [0.99] * 5}
+    rule = Rule.parse(RuleSpec("vs_dense.f1_macro", max_drop=0.01, policy="significant"))
+    check = rule.check(_cv_result(now), _cv_baseline(base), hardware_note="")
+    assert check.passed is False, check.line()
+    assert check.reference == pytest.approx(np.mean(dense))
+    t, _ = _corrected_t(_by_fold(dense, pruned), 0.0)
+    assert f"t={t:.3g}" in check.test and "mean worsening 0.02 " in check.test
+    assert check.line().startswith("vs_dense.f1_macro: dense 0.7900, now 0.7700")
+    assert "mcnemar" not in check.line()  # no per-sample counts in this result
+
+    # unpaired, the 0.02 gap would drown in the spread of the folds: a plain mean comparison
+    # passes a margin of 0.05 ...
+    wide = Rule.parse(RuleSpec("vs_dense.f1_macro", max_drop=0.05, policy="significant"))
+    assert wide.check(_cv_result(now), None, hardware_note="").passed is True
+    # ... and the same gap against the baseline's folds (not paired with this run) is noise
+    base_same = {F1: _plus(pruned, [0.05, -0.03, 0.04, -0.02, 0.06])}
+    vs_base = _cv_check(RuleSpec(F1, max_drop=0.01, policy="significant"), now, base_same)
+    assert vs_base.passed is True
+
+
+def test_vs_dense_line_carries_mcnemar_when_the_result_has_counts() -> None:
+    dense = list(BASE)
+    pruned = _minus(dense, CONSISTENT)
+    now = {"dense.f1_macro": dense, F1: pruned}
+    pie = {"ids": [3, 17, 40], "mcnemar_b": 30, "mcnemar_c": 4}
+    spec = RuleSpec("vs_dense.f1_macro", max_drop=0.01, policy="significant")
+    rule = Rule.parse(spec)
+    check = rule.check(_cv_result(now, pie=pie), None, hardware_note="")
+    assert check.passed is False
+    chi2 = (abs(30 - 4) - 1) ** 2 / 34
+    p = sps.chi2.sf(chi2, 1)
+    line = check.line()
+    assert f"mcnemar chi2={chi2:.3g}, p={p:.2g}" in line
+    assert line.index("corrected t-test") < line.index("mcnemar")
+    # few discordant samples: the exact binomial variant
+    small = rule.check(
+        _cv_result(now, pie={"ids": [], "mcnemar_b": 5, "mcnemar_c": 1}), None, hardware_note=""
+    )
+    p_exact = sps.binomtest(5, 6, 0.5).pvalue
+    assert f"mcnemar exact b=5, p={p_exact:.2g}" in small.line()
+    # a rule against the baseline says nothing about dense vs pruned: no McNemar
+    vs_base = _cv_check(RuleSpec(F1, max_drop=0.01, policy="significant"), now, now, pie=pie)
+    assert vs_base.passed is True and "mcnemar" not in vs_base.line()
+    # threshold rules run no test at all
+    plain = Rule.parse(RuleSpec("vs_dense.f1_macro", max_drop=0.01)).check(
+        _cv_result(now, pie=pie), None, hardware_note=""
+    )
+    assert plain.test == "" and "mcnemar" not in plain.line()
+
+
+@pytest.mark.parametrize("policy", ["significant", "non_inferior"])
+def test_metric_without_folds_falls_back_to_the_mean_and_says_so(policy: str) -> None:
+    rule = RuleSpec("pie_rate", max_drop=0.05, policy=policy)
+    worse = _cv_check(rule, {"pie_rate": 0.20}, {"pie_rate": 0.10})
+    assert worse.passed is False  # lower is better: 0.20 > 0.10 + 0.05
+    assert worse.test == f"{policy} needs paired per-fold values; judged by the mean"
+    assert worse.line().endswith(f"; {policy} needs paired per-fold values; judged by the mean)")
+    assert "allowed <= 0.1500" in worse.line()
+    within = _cv_check(rule, {"pie_rate": 0.14}, {"pie_rate": 0.10})
+    assert within.passed is True and "judged by the mean" in within.test
+    # fold counts that do not pair up (another number of repeats) fall back as well
+    other = _cv_check(RuleSpec(F1, max_drop=0.01, policy=policy), {F1: BASE * 2}, {F1: BASE})
+    assert other.passed is True and "judged by the mean" in other.test
+
+
+def test_lower_is_better_metrics_are_mirrored() -> None:
+    rate = "disagreement_rate"
+    base = [0.02, 0.03, 0.02, 0.03, 0.025]
+    sig = RuleSpec(rate, max_drop=0.01, policy="significant")
+    rise = _cv_check(sig, {rate: _plus(base, CONSISTENT)}, {rate: base})
+    assert rise.passed is False
+    assert "allowed <= 0.0350" in rise.line()
+    assert "mean worsening 0.055 significant and above margin 0.01" in rise.test
+    # the same change downwards is an improvement under every policy
+    for policy in ("threshold", "significant", "non_inferior"):
+        spec = RuleSpec(rate, max_drop=0.01, policy=policy)
+        fall = _cv_check(spec, {rate: _minus(base, CONSISTENT)}, {rate: base})
+        assert fall.passed is True, fall.line()
+    fall = _cv_check(sig, {rate: _minus(base, CONSISTENT)}, {rate: base})
+    assert "mean worsening -0.055" in fall.test
+    # and against the dense model of the same run
+    gap = "train_val_gap"
+    dense = [0.01, 0.02, 0.015, 0.01, 0.02]
+    now = {f"dense.{gap}": dense, f"pruned.{gap}": _plus(dense, CONSISTENT)}
+    rule = Rule.parse(RuleSpec(f"vs_dense.{gap}", max_drop=0.01, policy="significant"))
+    check = rule.check(_cv_result(now), None, hardware_note="")
+    assert check.passed is False and "allowed <= " in check.line()
+    now[f"pruned.{gap}"] = _minus(dense, CONSISTENT)
+    assert rule.check(_cv_result(now), None, hardware_note="").passed is True
+
+
+def test_policy_does_not_swallow_an_absolute_bound_equal_to_the_margin_bound() -> None:
+    base = [0.9] * 5  # mean 0.9; max_drop 0.1 -> bound 0.9 - 0.1 == 0.8 == min
+    now = _minus(base, [0.3, -0.1, 0.25, -0.05, 0.2])  # mean 0.78 < min 0.8, noisy
+    threshold = _cv_check(RuleSpec(F1, max_drop=0.1, min=0.79), {F1: now}, {F1: base})
+    assert threshold.passed is False  # below min (and beyond max_drop)
+    # significant: the drop is noise, but the absolute bound min = 0.8 still fails
+    other_min = RuleSpec(F1, max_drop=0.1, min=0.79, policy="significant")
+    assert _cv_check(other_min, {F1: now}, {F1: base}).passed is False
+    same_min = RuleSpec(F1, max_drop=0.1, min=0.8, policy="significant")
+    assert _cv_check(same_min, {F1: now}, {F1: base}).passed is False
+
+
+# --------------------------------------------------------------------------------------------
+# class_* wildcards
+
+
+def test_class_wildcard_yields_one_check_per_class_and_only_the_dropped_class_fails() -> None:
+    names = ("setosa", "versicolor", "virginica")
+    keys = [f"pruned.recall.class_{k}" for k in range(3)]
+    base = {k: [0.9, 0.92, 0.88] for k in keys}
+    now = dict(base)
+    now["pruned.recall.class_1"] = [0.70, 0.72, 0.69]
+    verdict = _verdict(
+        _cv_result(now, class_names=names),
+        _cv_baseline(base),
+        RuleSpec("pruned.recall.class_*", max_drop=0.05),
+    )
+    assert [c.key for c in verdict.checks] == keys
+    assert [c.passed for c in verdict.checks] == [True, False, True]
+    assert verdict.status is Status.REGRESSED
+    assert [c.key for c in verdict.failed] == ["pruned.recall.class_1"]
+    assert verdict.lines()[0].startswith("pruned.recall.class_1: baseline 0.9000, now 0.7033")
+
+
+def test_class_wildcard_with_a_policy_and_vs_dense() -> None:
+    rules = Rule.expand(RuleSpec("vs_dense.recall.class_*", max_drop=0.05, policy="significant"), 3)
+    assert [r.key for r in rules] == [f"vs_dense.recall.class_{k}" for k in range(3)]
+    assert all(r.vs_dense and r.policy == "significant" for r in rules)
+    now: dict[str, list[float]] = {}
+    for k in range(3):
+        now[f"dense.recall.class_{k}"] = list(BASE)
+        now[f"pruned.recall.class_{k}"] = list(BASE)
+    now["pruned.recall.class_2"] = _minus(BASE, [0.2, 0.21, 0.2, 0.19, 0.2])
+    result = _cv_result(now, class_names=("a", "b", "c"))
+    checks = [r.check(result, None, hardware_note="") for r in rules]
+    assert [c.passed for c in checks] == [True, True, False]
+    assert "significant: FAIL" in checks[2].line()
+    # without the number of classes the key stays as written (and names no measured metric)
+    (literal,) = Rule.expand(RuleSpec("pruned.recall.class_*", max_drop=0.05), None)
+    assert literal.key == "pruned.recall.class_*"

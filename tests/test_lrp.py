@@ -19,12 +19,15 @@ from torch import nn
 from harness.models import cnn1d, mlp
 from harness.pruning import PruneContext, create, get, prunable_modules
 from harness.pruning.lrp import (
+    LRPArgs,
     LRPPruner,
     RelevanceImportance,
     attach_rules,
     layer_relevance,
+    lrp_scores,
     unit_scores,
 )
+from harness.schema import SpecError
 from harness.spec import PruneSpec, TrainSpec
 from harness.training import fit, predict_logits
 
@@ -129,7 +132,8 @@ def test_scores_equal_a_hand_written_lrp_epsilon_pass() -> None:
     pruner = LRPPruner(PruneSpec("lrp", 0.5, args={"n_samples": 10, "epsilon": eps}))
     ctx = PruneContext(X[:4], X.numpy(), y.numpy(), 0)
     R1_10, _ = _hand_lrp_epsilon(model, X[:10], y[:10], eps)
-    torch.testing.assert_close(pruner.scores(model, ctx)["0"], R1_10.sum(0) / R1_10.sum().abs())
+    scores = lrp_scores(model, ctx, pruner.args)
+    torch.testing.assert_close(scores["0"], R1_10.sum(0) / R1_10.sum().abs())
 
 
 def test_the_users_model_keeps_no_captum_state() -> None:
@@ -255,32 +259,33 @@ def test_cnn1d_is_pruned_by_channel_relevance_and_still_runs() -> None:
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "problem"),
     [
-        {"n_samples": 0},
-        {"n_samples": -3},
-        {"n_samples": 2.5},
-        {"n_samples": True},
-        {"n_samples": "all"},
-        {"epsilon": -1e-3},
-        {"epsilon": "small"},
-        {"epsilon": float("nan")},
-        {"epsilon": float("inf")},
-        {"epsilon": True},
-        {"ignore": "0"},
-        {"ignore": [0]},
-        {"rule": "epsilon"},
+        ({"n_samples": 0}, "must be > 0"),
+        ({"n_samples": -3}, "must be > 0"),
+        ({"n_samples": 2.5}, "must be an integer"),
+        ({"n_samples": True}, "must be an integer"),
+        ({"n_samples": "all"}, "must be an integer"),
+        ({"epsilon": -1e-3}, "must be >= 0"),
+        ({"epsilon": "small"}, "must be a number"),
+        ({"epsilon": float("nan")}, "must be finite"),
+        ({"epsilon": float("inf")}, "must be finite"),
+        ({"epsilon": True}, "must be a number"),
+        ({"ignore": "0"}, "must be an array"),
+        ({"ignore": [0]}, "must be an array of strings"),
+        ({"rule": "epsilon"}, "unknown key"),
     ],
 )
-def test_check_rejects_bad_args(args: dict) -> None:
-    problem = get("lrp").check(PruneSpec("lrp", 0.5, args=args))
-    assert problem is not None and next(iter(args)) in problem
+def test_parse_args_rejects_bad_args(args: dict, problem: str) -> None:
+    with pytest.raises(SpecError) as info:
+        get("lrp").parse_args(args)
+    assert (info.value.key, info.value.problem) == (f"prune.args.{next(iter(args))}", problem)
 
 
-def test_check_accepts_good_args() -> None:
+def test_parse_args_accepts_good_args() -> None:
     good = {"n_samples": 64, "epsilon": 0, "ignore": ["0"]}
-    assert get("lrp").check(PruneSpec("lrp", 0.5, args=good)) is None
-    assert get("lrp").check(PruneSpec("lrp", 0.5, args={"epsilon": 0.25})) is None
+    assert get("lrp").parse_args(good) == LRPArgs(ignore=("0",), n_samples=64, epsilon=0.0)
+    assert get("lrp").parse_args({"epsilon": 0.25}) == LRPArgs(epsilon=0.25)
     assert get("lrp").structured and get("lrp").summary.startswith("Structured:")
 
 
@@ -308,7 +313,7 @@ def test_digits_mlp_at_half_the_neurons_without_fine_tuning() -> None:
         models[method] = pruner.finalize(pruner.step(copy.deepcopy(dense), 0.5, ctx))
         acc[method] = accuracy(models[method])
     # the most relevant units removed instead: what the criterion's ranking is worth
-    scores = LRPPruner(PruneSpec("lrp", 0.5)).scores(dense, ctx)
+    scores = lrp_scores(dense, ctx, LRPArgs())
     inverted = copy.deepcopy(dense)
     layers = prunable_modules(inverted)
     tp.pruner.BasePruner(

@@ -12,21 +12,8 @@ from hypothesis import strategies as st
 from sklearn import metrics as skm
 from torch import nn
 
-from harness.metrics import (
-    HARDWARE_BOUND,
-    MODEL_METRICS,
-    RUN_METRICS,
-    Direction,
-    Latency,
-    UnknownMetricError,
-    classification_metrics,
-    direction,
-    measure_latency,
-    model_stats,
-    parse_metric,
-    rule_target,
-    summarize,
-)
+from harness.metricnames import parse as parse_metric
+from harness.metrics import Latency, classification_metrics, measure_latency, model_stats
 
 # --------------------------------------------------------------------------------------------
 # classification metrics
@@ -97,80 +84,6 @@ def test_class_never_predicted_scores_zero() -> None:
 
 # --------------------------------------------------------------------------------------------
 # names and directions
-
-
-@pytest.mark.parametrize(
-    ("name", "model", "base", "expected"),
-    [
-        ("dense.accuracy", "dense", "accuracy", Direction.HIGHER),
-        ("pruned.f1_macro", "pruned", "f1_macro", Direction.HIGHER),
-        ("pruned.precision_weighted", "pruned", "precision_weighted", Direction.HIGHER),
-        ("pruned.train_val_gap", "pruned", "train_val_gap", Direction.LOWER),
-        ("pruned.params", "pruned", "params", Direction.LOWER),
-        ("dense.flops_nonzero", "dense", "flops_nonzero", Direction.LOWER),
-        ("pruned.sparsity", "pruned", "sparsity", Direction.HIGHER),
-        ("pruned.latency_ms_p50", "pruned", "latency_ms_p50", Direction.LOWER),
-        ("dense.recall.class_1", "dense", "recall.class_1", Direction.HIGHER),
-        ("pruned.f1.class_12", "pruned", "f1.class_12", Direction.HIGHER),
-        ("speedup", "", "speedup", Direction.HIGHER),
-        ("param_reduction", "", "param_reduction", Direction.HIGHER),
-        ("flops_reduction", "", "flops_reduction", Direction.HIGHER),
-    ],
-)
-def test_parse_metric(name: str, model: str, base: str, expected: Direction) -> None:
-    ref = parse_metric(name)
-    assert (ref.model, ref.base, ref.direction) == (model, base, expected)
-    assert ref.name == name
-    assert direction(name) is expected
-
-
-def test_every_declared_metric_parses_with_both_models() -> None:
-    for base, d in MODEL_METRICS.items():
-        for model in ("dense", "pruned"):
-            assert direction(f"{model}.{base}") is d
-    for name, d in RUN_METRICS.items():
-        assert direction(name) is d
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "f1_macro",
-        "dense.bogus",
-        "student.accuracy",
-        "pruned.accuracy.class_1",
-        "pruned.f1.class_x",
-        "pruned.precision.class_",
-        "dense.speedup",
-        "vs_dense.f1_macro",
-        "",
-    ],
-)
-def test_unknown_metric_names_raise(name: str) -> None:
-    with pytest.raises(UnknownMetricError) as info:
-        parse_metric(name)
-    assert isinstance(info.value, KeyError)
-    assert repr(name) in str(info.value)
-    assert "\n" not in str(info.value)
-
-
-def test_rule_target_and_hardware_bound() -> None:
-    ref, vs_dense = rule_target("vs_dense.f1_macro")
-    assert vs_dense and ref.name == "pruned.f1_macro"
-    ref, vs_dense = rule_target("dense.accuracy")
-    assert not vs_dense and ref.name == "dense.accuracy"
-    with pytest.raises(UnknownMetricError):
-        rule_target("vs_dense.speedup")
-    assert parse_metric("pruned.latency_batch_ms_p95").hardware_bound
-    assert parse_metric("speedup").hardware_bound
-    assert not parse_metric("pruned.f1_macro").hardware_bound
-    assert not parse_metric("param_reduction").hardware_bound
-    assert {
-        "latency_ms_p50",
-        "latency_ms_p95",
-        "latency_batch_ms_p50",
-        "latency_batch_ms_p95",
-    } <= HARDWARE_BOUND
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,8 +191,3 @@ def test_measure_latency_percentiles() -> None:
             "latency_batch_ms_p95": lat.batch_p95,
         }
     assert not any(m.training for m in models)
-
-
-def test_summarize() -> None:
-    assert summarize([1.0, 2.0, 3.0]) == (2.0, 1.0)
-    assert summarize([0.5]) == (0.5, 0.0)

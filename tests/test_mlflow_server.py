@@ -647,7 +647,7 @@ def test_server_cut_at_every_request_then_sync_leaves_every_case_complete(
         baselines=tmp_path / "baselines", regen=True, artifacts_dir=tmp_path / "artifacts"
     )
     case = suite.cases[0]
-    template = check_case(suite, case, settings, regen_hint="-")
+    template = check_case(suite, case, settings)
     client = _client(server.uri)
 
     sessions: list[str] = []

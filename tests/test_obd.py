@@ -19,6 +19,7 @@ from torch.nn.utils import prune
 from harness.pruning import PruneContext, create, get, prunable_modules
 from harness.pruning.base import weight
 from harness.pruning.obd import (
+    OBDArgs,
     OBDPruner,
     exact_diagonal,
     fisher_diagonal,
@@ -26,6 +27,7 @@ from harness.pruning.obd import (
     hutchinson_diagonal,
     obd_saliency,
 )
+from harness.schema import SpecError
 from harness.spec import PruneSpec
 
 torch.set_num_threads(1)
@@ -232,23 +234,28 @@ def test_scores_use_the_first_n_samples_and_are_deterministic() -> None:
         assert torch.equal(la.weight_mask, lb.weight_mask)
 
 
-def test_registration_and_check_rejects_bad_args() -> None:
+def test_registration_and_parse_args_rejects_bad_args() -> None:
     cls = get("obd")
     assert cls is OBDPruner and cls.summary.startswith("Unstructured:")
     ok = [{}, {"hessian": "auto"}, {"hessian": "fisher", "n_samples": 64}, {"max_exact": 1}]
     for args in ok:
-        assert cls.check(PruneSpec("obd", 0.5, args=args)) is None, args
-    bad = {
-        "hessian": [{"hessian": "diag"}, {"hessian": 1}],
-        "samples": [{"samples": 0}, {"samples": 2.0}],
-        "n_samples": [{"n_samples": -5}, {"n_samples": "512"}],
-        "max_exact": [{"max_exact": True}],
-        "unknown": [{"hessain": "exact"}],
-    }
-    for word, cases in bad.items():
-        for args in cases:
-            problem = cls.check(PruneSpec("obd", 0.5, args=args))
-            assert problem is not None and word in problem, (args, problem)
+        assert cls.parse_args(args) == OBDArgs(**args), args
+    hessians = "must be one of exact, hutchinson, fisher, auto"
+    bad = [
+        ("hessian", "diag", hessians),
+        ("hessian", 1, hessians),
+        ("samples", 0, "must be > 0"),
+        ("samples", 2.0, "must be an integer"),
+        ("n_samples", -5, "must be > 0"),
+        ("n_samples", "512", "must be an integer"),
+        ("max_exact", True, "must be an integer"),
+        ("max_layer", 1.5, "must be in [0, 1]"),
+        ("hessain", "exact", "unknown key"),
+    ]
+    for key, value, problem in bad:
+        with pytest.raises(SpecError) as info:
+            cls.parse_args({key: value})
+        assert (info.value.key, info.value.problem) == (f"prune.args.{key}", problem), value
 
 
 def test_digits_90_percent_without_finetuning_vs_magnitude() -> None:

@@ -19,6 +19,7 @@ from harness.pruning import PruneContext, create, get, prunable_modules
 from harness.pruning.base import weight
 from harness.pruning.obs import (
     InputStats,
+    OBSArgs,
     global_counts,
     hessian,
     input_columns,
@@ -28,6 +29,7 @@ from harness.pruning.obs import (
     reconstruction_error,
     removal_mask,
 )
+from harness.schema import SpecError
 from harness.spec import PruneSpec
 
 torch.set_num_threads(1)
@@ -361,17 +363,26 @@ def test_unsupported_layers_raise_a_clear_error() -> None:
 # (5) arguments
 
 
-def test_check_rejects_bad_args() -> None:
-    check = get("obs").check
-    assert check(PruneSpec("obs", 0.5)) is None
-    assert check(PruneSpec("obs", 0.5, args={"n_samples": 64, "damp": 0.1})) is None
-    assert check(PruneSpec("obs", 0.5, args={"damp": 1})) is None
-    for bad in ({"n_samples": 0}, {"n_samples": 1.5}, {"n_samples": True}, {"damp": 0.0}):
-        assert next(iter(bad)) in (check(PruneSpec("obs", 0.5, args=bad)) or ""), bad
-    for bad in ({"damp": -1.0}, {"damp": "0.1"}, {"damp": float("nan")}, {"nope": 1}):
-        assert next(iter(bad)) in (check(PruneSpec("obs", 0.5, args=bad)) or ""), bad
-    assert "n_samples" in str(check(PruneSpec("obs", 0.5, args={"n_samples": -3})))
-    assert "unknown" in str(check(PruneSpec("obs", 0.5, args={"nope": 1})))
+def test_parse_args_rejects_bad_args() -> None:
+    cls = get("obs")
+    assert cls.parse_args({}) == OBSArgs(n_samples=512, damp=0.01)
+    assert cls.parse_args({"n_samples": 64, "damp": 0.1}) == OBSArgs(n_samples=64, damp=0.1)
+    assert cls.parse_args({"damp": 1}).damp == 1.0
+    for key, bad, problem in (
+        ("n_samples", 0, "must be > 0"),
+        ("n_samples", -3, "must be > 0"),
+        ("n_samples", 1.5, "must be an integer"),
+        ("n_samples", True, "must be an integer"),
+        ("damp", 0.0, "must be > 0"),
+        ("damp", -1.0, "must be > 0"),
+        ("damp", "0.1", "must be a number"),
+        ("damp", float("nan"), "must be finite"),
+        ("nope", 1, "unknown key"),
+        ("max_layer", 0.9, "unknown key"),  # its own global allocation: no per-layer cap
+    ):
+        with pytest.raises(SpecError) as info:
+            cls.parse_args({key: bad})
+        assert (info.value.key, info.value.problem) == (f"prune.args.{key}", problem), bad
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -10,10 +11,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn.utils import prune
 
 from harness.models import cnn1d, mlp
 from harness.pruning import PruneContext, create, get, names, prunable_modules, register
-from harness.pruning.base import Pruner, _keep_mask, _keep_mask_capped, schedule_targets
+from harness.pruning.base import (
+    Pruner,
+    _keep_mask,
+    _keep_mask_capped,
+    accumulate_gradients,
+    schedule_targets,
+)
+from harness.schema import SpecError
 from harness.spec import PruneSpec, TrainSpec
 from harness.training import fit
 
@@ -68,20 +77,258 @@ def test_register_rejects_a_second_class_under_the_same_name() -> None:
     assert get("magnitude") is cls
 
 
-def test_check_rejects_unknown_args() -> None:
-    assert get("magnitude").check(PruneSpec("magnitude", 0.5)) is None
-    problem = get("magnitude").check(PruneSpec("magnitude", 0.5, args={"foo": 1}))
-    assert problem is not None and "unknown" in problem
-    assert "foo" in problem and "(known: max_layer)" in problem
-    structured = get("structured")
-    assert structured.check(PruneSpec("structured", 0.5, args={"norm": 1, "ignore": ["0"]})) is None
-    problem = structured.check(PruneSpec("structured", 0.5, args={"b": 1, "a": 2}))
-    assert problem is not None and "unknown" in problem
-    assert "a, b" in problem and "(known: norm, ignore)" in problem
-    assert "must be 1 or 2" in structured.check(PruneSpec("structured", 0.5, args={"norm": 3}))
-    assert "list of module names" in structured.check(
-        PruneSpec("structured", 0.5, args={"ignore": "0"})
+# --------------------------------------------------------------------------------------------
+# typed args: every method's Args, parse_args, spec problems
+
+# per method, per arg: a bad value and the problem named for it
+BAD_ARGS: dict[str, dict[str, tuple[object, str]]] = {
+    "auto": {
+        "budget": ("bytes", "must be one of params, flops, energy"),
+        "grid": ([0.5, 0.2], "must be sorted ascending without repeats"),
+        "calibration": (1, "must be in (0, 1)"),
+        "max_layer": (0, "must be in (0, 1)"),
+    },
+    "energy-aware": {
+        "batches": (0, "must be > 0"),
+        "batch_size": (True, "must be an integer"),
+        "ignore": ("0", "must be an array"),
+        "importance": ("l1", "must be one of magnitude, taylor"),
+        "energy_exponent": (-1, "must be >= 0"),
+    },
+    "group-lasso": {
+        "strength": (-1, "must be >= 0"),
+        "epochs": (0, "must be > 0"),
+        "lr": (0, "must be > 0"),
+        "ignore": ([0], "must be an array of strings"),
+    },
+    "l1": {
+        "strength": ("1e-4", "must be a number"),
+        "epochs": (1.5, "must be an integer"),
+        "lr": (-1e-3, "must be > 0"),
+        "max_layer": (1.5, "must be in [0, 1]"),
+    },
+    "l2": {
+        "strength": (-0.5, "must be >= 0"),
+        "epochs": (-1, "must be > 0"),
+        "lr": (True, "must be a number"),
+        "max_layer": ("0.98", "must be a number"),
+    },
+    "lrp": {
+        "ignore": ("0", "must be an array"),
+        "n_samples": (2.5, "must be an integer"),
+        "epsilon": (-1e-3, "must be >= 0"),
+    },
+    "magnitude": {"max_layer": (True, "must be a number")},
+    "obd": {
+        "max_layer": (-0.1, "must be in [0, 1]"),
+        "hessian": ("diag", "must be one of exact, hutchinson, fisher, auto"),
+        "samples": (0, "must be > 0"),
+        "n_samples": ("512", "must be an integer"),
+        "max_exact": (True, "must be an integer"),
+    },
+    "obs": {"n_samples": (0, "must be > 0"), "damp": (0, "must be > 0")},
+    "snip": {
+        "batches": (0, "must be > 0"),
+        "batch_size": (-1, "must be > 0"),
+        "max_layer": (2, "must be in [0, 1]"),
+    },
+    "structured": {"ignore": ("0", "must be an array"), "norm": (3, "must be one of 1, 2")},
+    "structured-taylor": {
+        "batches": (2.0, "must be an integer"),
+        "batch_size": (0, "must be > 0"),
+        "ignore": (["0", 1], "must be an array of strings"),
+    },
+    "student": {
+        "model_args": ([32], "must be a table"),
+        "temperature": (0, "must be > 0"),
+        "alpha": (1.5, "must be in [0, 1]"),
+    },
+    "taylor": {
+        "batches": (-2, "must be > 0"),
+        "batch_size": ("128", "must be an integer"),
+        "max_layer": (1.01, "must be in [0, 1]"),
+    },
+}
+
+
+def test_every_method_and_arg_has_a_bad_value_case() -> None:
+    assert set(BAD_ARGS) == set(names())
+    for method, cases in BAD_ARGS.items():
+        assert set(cases) == set(get(method).known_args()), method
+
+
+@pytest.mark.parametrize(
+    ("method", "key"), [(m, k) for m, cases in BAD_ARGS.items() for k in cases]
+)
+def test_parse_args_names_the_bad_key_and_the_problem(method: str, key: str) -> None:
+    value, problem = BAD_ARGS[method][key]
+    with pytest.raises(SpecError) as info:
+        get(method).parse_args({key: value})
+    assert (info.value.key, info.value.problem) == (f"prune.args.{key}", problem)
+    assert str(info.value) == f"<python>: prune.args.{key} = {value!r}: {problem}"
+    with pytest.raises(SpecError) as info:  # the same through the constructor
+        create(PruneSpec(method, 0.0, args={key: value}))
+    assert info.value.key == f"prune.args.{key}"
+
+
+@pytest.mark.parametrize("method", sorted(BAD_ARGS))
+def test_parse_args_defaults_are_the_args_dataclass_defaults(method: str) -> None:
+    cls = get(method)
+    assert cls.parse_args({}) == cls.Args()
+    assert cls.known_args() == tuple(f.name for f in dataclasses.fields(cls.Args))
+    assert dataclasses.is_dataclass(cls.Args) and cls.Args.__dataclass_params__.frozen
+    assert create(PruneSpec(method, 0.0)).args == cls.Args()
+
+
+def test_parse_args_refuses_unknown_keys_and_names_the_source() -> None:
+    with pytest.raises(SpecError) as info:
+        get("magnitude").parse_args({"foo": 1})
+    assert str(info.value) == "<python>: prune.args.foo = 1: unknown key"
+    with pytest.raises(SpecError) as info:
+        get("structured").parse_args(
+            {"norm": 0, "b": 1}, source="suite.toml", path="case[s30].prune.args"
+        )
+    assert str(info.value) == "suite.toml: case[s30].prune.args.norm = 0: must be one of 1, 2"
+    with pytest.raises(SpecError) as info:
+        get("obs").parse_args({"max_layer": 0.98})  # obs allocates on its own: no cap
+    assert (info.value.key, info.value.problem) == ("prune.args.max_layer", "unknown key")
+    with pytest.raises(SpecError, match=r"^<python>: prune.args = \[1\]: must be a table$"):
+        get("taylor").parse_args([1])
+
+
+@pytest.mark.parametrize(
+    ("method", "key"),
+    [("l1", "epochs"), ("obd", "samples"), ("snip", "batches"), ("obs", "n_samples")],
+)
+def test_counts_have_the_harness_bound(method: str, key: str) -> None:
+    from harness.pruning.base import COUNT_MAX
+
+    with pytest.raises(SpecError) as info:
+        get(method).parse_args({key: 10**9})
+    assert str(info.value) == (
+        f"<python>: prune.args.{key} = 1000000000: must be <= {COUNT_MAX} (the harness's bound)"
     )
+    assert getattr(get(method).parse_args({key: COUNT_MAX}), key) == COUNT_MAX
+
+
+def test_parse_args_normalizes_values() -> None:
+    args = get("structured").parse_args({"norm": 1, "ignore": ["0", "2"]})
+    assert args.ignore == ("0", "2") and args.norm == 1
+    for bad in (True, 2.0, "2"):  # Literal[1, 2]: by type, not by ==
+        with pytest.raises(SpecError, match=r"prune\.args\.norm = .*: must be one of 1, 2"):
+            get("structured").parse_args({"norm": bad})
+    obd = get("obd").parse_args({"max_layer": 1, "hessian": "fisher"})
+    assert obd.max_layer == 1.0 and isinstance(obd.max_layer, float)
+    grid = get("auto").parse_args({"grid": [0, 0.5]}).grid
+    assert grid == (0.0, 0.5) and all(isinstance(g, float) for g in grid)
+    assert get("snip").parse_args({}).batches == 1
+    assert get("taylor").parse_args({}).batches == 8
+    assert get("l1").parse_args({}).strength == 1e-4
+    assert get("l2").parse_args({}).strength == 1e-3
+
+
+def test_args_built_in_python_are_validated_too() -> None:
+    cls = get("taylor").Args
+    with pytest.raises(SpecError) as info:
+        cls(batches=0)
+    assert str(info.value) == f"<python>: {cls.__name__}.batches = 0: must be > 0"
+    args = cls(batch_size=16)
+    with pytest.raises(SpecError, match=r"\.max_layer = 3\.0: must be in \[0, 1\]"):
+        dataclasses.replace(args, max_layer=3.0)
+
+
+def test_spec_problems_name_the_key_of_the_prune_table() -> None:
+    for method in ("magnitude", "taylor", "obd", "snip", "l1", "l2"):
+        cls = get(method)
+        assert create(PruneSpec(method, 0.9, args={"max_layer": 0.98})).args.max_layer == 0.98
+        spec = PruneSpec(method, 0.9, args={"max_layer": 0.5})
+        with pytest.raises(SpecError) as info:
+            cls.parse_spec(spec, source="suite.toml", path="case[c].prune")
+        assert str(info.value) == (
+            "suite.toml: case[c].prune.args.max_layer = 0.5: "
+            "must be in [sparsity, 1] (sparsity = 0.9)"
+        )
+        with pytest.raises(SpecError, match=r"^<python>: prune\.args\.max_layer = 0\.5: "):
+            create(spec)
+        assert cls.parse_args(spec.args).max_layer == 0.5  # alone, the args are fine
+    assert "max_layer" not in get("structured").known_args()
+    with pytest.raises(SpecError) as info:
+        create(PruneSpec("auto", 0.99))  # above the default cap: budget unreachable
+    assert info.value.key == "prune.args.max_layer" and "no allocation" in info.value.problem
+    for method, problem in (
+        ("snip", "SNIP prunes once, at initialization"),
+        ("student", "the student is trained once"),
+    ):
+        with pytest.raises(SpecError) as info:
+            create(PruneSpec(method, 0.5, schedule="iterative", steps=2))
+        assert (info.value.key, info.value.value, info.value.problem) == (
+            "prune.schedule",
+            "iterative",
+            problem,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# the shared gradient accumulation
+
+
+def _data(n: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, N_FEATURES, generator=g), torch.arange(n) % N_CLASSES
+
+
+def test_accumulate_gradients_mean_is_the_gradient_of_the_mean_batch_loss() -> None:
+    model, (X, y) = _mlp(), _data(20)
+    params = list(model.parameters())
+    model.train()
+    summed = accumulate_gradients(model, X, y, params, batches=3, batch_size=6, mean=True)
+    assert summed.batches == 3 and model.training  # 18 of the 20 rows; the flag put back
+
+    def losses() -> list[torch.Tensor]:
+        return [nn.functional.cross_entropy(model(X[i : i + 6]), y[i : i + 6]) for i in (0, 6, 12)]
+
+    expected = torch.autograd.grad(sum(losses()) / 3, params)
+    for got, want in zip(summed.sums, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    plain = accumulate_gradients(model, X, y, params, batches=3, batch_size=6)
+    for got, want in zip(plain.sums, expected, strict=True):
+        torch.testing.assert_close(got, 3 * want)
+    squares = accumulate_gradients(
+        model, X, y, params, batches=3, batch_size=6, term=lambda i, g: g**2
+    )
+    per_batch = [torch.autograd.grad(loss, params) for loss in losses()]
+    for i, got in enumerate(squares.sums):
+        torch.testing.assert_close(got, sum(gs[i] ** 2 for gs in per_batch))
+
+
+def test_accumulate_gradients_per_sample_and_unreached_parameters() -> None:
+    model, (X, y) = _mlp(), _data(7)
+    prune.l1_unstructured(model[0], "weight", amount=0.5)  # a masked layer: its leaf
+    params = [model[0].weight_orig, model[2].weight]
+    weight_attr = model[0].__dict__["weight"]
+    summed = accumulate_gradients(
+        model,
+        X,
+        y,
+        params,
+        batches=3,
+        batch_size=3,
+        per_sample=True,
+        term=lambda i, g: (g**2).sum(0),  # g: (rows, *shape)
+    )
+    assert summed.batches == 3 and model[0].__dict__["weight"] is weight_attr
+    model.eval()
+    for i, p in enumerate(params):
+        expected = torch.zeros_like(p)
+        for j in range(7):
+            loss = nn.functional.cross_entropy(model(X[j : j + 1]), y[j : j + 1])
+            expected += torch.autograd.grad(loss, p)[0] ** 2
+        torch.testing.assert_close(summed.sums[i], expected)
+    spare = nn.Parameter(torch.ones(3))
+    model.spare = spare  # a parameter the loss does not reach
+    out = accumulate_gradients(model, X, y, [spare, model[4].weight], batches=1, batch_size=4)
+    assert out.sums[0] is None and out.sums[1] is not None
+    assert accumulate_gradients(model, X[:0], y[:0], [spare], batches=2, batch_size=4).batches == 0
 
 
 def test_prunable_modules_are_linear_and_conv_layers_in_order() -> None:
@@ -352,19 +599,3 @@ def test_max_layer_prevents_a_layer_from_being_pruned_away() -> None:
     net = capped.step(net, 0.7, _ctx())
     assert _zeros(net) == round(0.7 * n)
     assert int((net[2].weight == 0).sum()) == round(0.9 * net[2].weight.numel())
-
-
-@pytest.mark.parametrize("method", ["magnitude", "taylor", "obd", "snip", "l1", "l2"])
-def test_max_layer_is_accepted_and_validated_by_global_mask_pruners(method: str) -> None:
-    cls = get(method)
-    assert cls.check(PruneSpec(method, 0.9, args={"max_layer": 0.98})) is None
-    for bad in (0.5, 1.5, "0.98", True):
-        problem = cls.check(PruneSpec(method, 0.9, args={"max_layer": bad}))
-        assert problem is not None and problem.startswith(f"max_layer = {bad!r}: must be")
-
-
-def test_techniques_with_their_own_allocation_do_not_take_the_cap() -> None:
-    problem = get("obs").check(PruneSpec("obs", 0.9, args={"max_layer": 0.98}))
-    assert problem is not None and problem.startswith("unknown key(s) max_layer")
-    assert get("auto").check(PruneSpec("auto", 0.9, args={"max_layer": 0.95})) is None
-    assert "max_layer" not in get("structured").known_args()

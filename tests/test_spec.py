@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import textwrap
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from harness import spec
 from harness.cli import main
 from harness.data import load_dataset
+from harness.resolve import resolve
 from harness.spec import (
     DEFAULT_RULES,
     LatencySpec,
@@ -28,9 +32,18 @@ from harness.spec import (
     SpecError,
     SuiteSpec,
     TrainSpec,
-    load_suite,
-    suite_from_dict,
 )
+
+
+# The tests below check suites as the faces see them: loaded (structure), then resolved
+# against their dataset, model and methods. The split itself is tested at the end of the file.
+def load_suite(path: str | Path) -> SuiteSpec:
+    return resolve(spec.load_suite(path))
+
+
+def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteSpec:
+    return resolve(spec.suite_from_dict(data, source))
+
 
 REPO = Path(__file__).resolve().parents[1]
 DELETE = object()  # marker for _with(): remove the key
@@ -377,6 +390,72 @@ def test_dense_key_ignores_pruning() -> None:
     assert a.dense_key() != c.dense_key()
 
 
+# The spec hash of every reference case, as literals: copied from the committed baselines
+# (baselines/<suite>/<case>.json) and never read from them here. A change to what a spec hash
+# covers, or to how it is computed, turns every committed baseline spec-changed; this fails first
+# and names the cases. When the change is intended, regenerate those baselines and copy their new
+# ``spec_hash`` values here.
+GOLDEN_SPEC_HASHES: dict[str, dict[str, str]] = {
+    "breast-cancer-mlp": {
+        "magnitude-80": "a32ecc8f236cbbca",
+        "magnitude-90-layer": "f6451e67a891748f",
+        "structured-50": "40c1b6edcd291d45",
+    },
+    "digits-mlp": {
+        "auto-90": "e6589a394bf9b74b",
+        "energy-aware-60": "6f4ae96041e89bbf",
+        "group-lasso-60": "6eb5c24f4c3feb31",
+        "l1-90": "02ddca5e6d98e2fa",
+        "l2-90": "b9b9878c52939a32",
+        "lrp-60": "9e28dd2654279f96",
+        "magnitude-50": "c673f96876f07297",
+        "magnitude-80": "37282597e5652886",
+        "magnitude-90-agp": "6ed7949128b44774",
+        "magnitude-90-csr": "ce470d361058dc0b",
+        "magnitude-90-distill": "6be4df7d5fafde5a",
+        "magnitude-90-iterative": "3f2c595120413c6f",
+        "magnitude-90-uniform": "ddaf44232fe811f5",
+        "magnitude-90": "cea8111b6d3a5830",
+        "magnitude-95-capped": "242a3406cfa17400",
+        "obd-90": "18bd740e973f3820",
+        "obs-90": "ba753d727f222b01",
+        "snip-90": "ed3fb56a10401273",
+        "structured-50": "39128d90f3dbf6b5",
+        "structured-taylor-60": "d149cc6788016812",
+        "student-80": "c7798adc1e48b783",
+        "taylor-90": "21f6036b24fd1436",
+    },
+    "mnist1d-cnn": {
+        "energy-aware-50": "e5721616ebe10ff1",
+        "group-lasso-50": "9ab734addf2e5355",
+        "lrp-50": "b06163388e16a396",
+        "structured-30": "082f377c5c7cd3ee",
+        "structured-50": "dec039475fee5860",
+        "structured-taylor-50": "fe1796adeb639f56",
+    },
+}
+
+
+REFERENCE_SUITES = sorted((REPO / "suites").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", REFERENCE_SUITES, ids=[p.stem for p in REFERENCE_SUITES])
+def test_reference_suites_hash_to_their_golden_literals_and_committed_baselines(
+    path: Path,
+) -> None:
+    suite = load_suite(path)
+    hashes = {case.name: suite.spec_hash(case) for case in suite.cases}
+    assert hashes == GOLDEN_SPEC_HASHES.get(suite.name), f"{path.name}: suite {suite.name!r}"
+    for case in suite.cases:
+        baseline = REPO / "baselines" / suite.name / f"{case.name}.json"
+        committed = json.loads(baseline.read_text(encoding="utf-8"))["spec_hash"]
+        assert committed == hashes[case.name], f"{baseline}: spec_hash"
+
+
+def test_golden_hashes_name_only_reference_suites() -> None:
+    assert sorted(GOLDEN_SPEC_HASHES) == sorted(load_suite(p).name for p in REFERENCE_SUITES)
+
+
 # --------------------------------------------------------------------------------------------
 # 2. Every bad input: one SpecError line naming the file, the key and the value
 
@@ -412,8 +491,8 @@ BAD: dict[str, tuple[dict, str, str]] = {
     ),
     "unknown-prune-arg": (
         {("case", 0, "prune", "args"): {"nrom": 2}},
-        "case[mag-50].prune.args",
-        "{'nrom': 2}",
+        "case[mag-50].prune.args.nrom",  # the method's Args name the key
+        "2",
     ),
     # wrong types
     "epochs-string": ({("train", "epochs"): "ten"}, "train.epochs", "'ten'"),
@@ -478,7 +557,7 @@ BAD: dict[str, tuple[dict, str, str]] = {
     "sparsity-1-int": (
         {("case", 1, "prune", "sparsity"): 1},
         "case[struct-30].prune.sparsity",
-        "1.0",
+        "1",  # as written
     ),
     # folds
     "folds-1": ({("cv", "folds"): 1}, "cv.folds", "1"),
@@ -608,8 +687,8 @@ BAD: dict[str, tuple[dict, str, str]] = {
     ),
     "structured-bad-norm": (
         {("case", 1, "prune", "args"): {"norm": 3}},
-        "case[struct-30].prune.args",
-        "{'norm': 3}",
+        "case[struct-30].prune.args.norm",
+        "3",
     ),
     # gate
     "unknown-metric": (
@@ -651,10 +730,10 @@ BAD: dict[str, tuple[dict, str, str]] = {
     "negative-max-drop-in-case": (
         {("case", 1, "gate", "pruned.f1_macro", "max_drop"): -1},
         "case[struct-30].gate.pruned.f1_macro.max_drop",
-        "-1.0",
+        "-1",
     ),
     # training
-    "train-lr-zero": ({("train", "lr"): 0}, "train.lr", "0.0"),
+    "train-lr-zero": ({("train", "lr"): 0}, "train.lr", "0"),
     "train-lr-negative": ({("train", "lr"): -0.001}, "train.lr", "-0.001"),
     "train-epochs-zero": ({("train", "epochs"): 0}, "train.epochs", "0"),
     "train-epochs-negative": ({("train", "epochs"): -5}, "train.epochs", "-5"),
@@ -717,13 +796,19 @@ def test_bad_input_is_one_line_naming_file_key_and_value(
 
 
 @pytest.mark.parametrize(("changes", "key", "shown"), BAD.values(), ids=BAD.keys())
-def test_bad_dict_raises_the_same_error(changes: dict, key: str, shown: str) -> None:
+def test_bad_dict_raises_the_same_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changes: dict, key: str, shown: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # data paths: a dict's resolve against the cwd, a file's next to it
+    with pytest.raises(SpecError) as from_file:
+        load_suite(write_suite(tmp_path, _with(changes), "bad.toml"))
     with pytest.raises(SpecError) as info:
         suite_from_dict(_with(changes), source="from-python.toml")
     err = info.value
     assert (err.source, err.key) == ("from-python.toml", key)
+    assert err.problem == from_file.value.problem != ""
     assert str(err) == f"from-python.toml: {key} = {shown}: {err.problem}"
-    assert err.problem and "\n" not in str(err)
+    assert "\n" not in str(err)
 
 
 def test_spec_error_is_a_value_error_with_fields() -> None:
@@ -739,24 +824,52 @@ def test_spec_error_is_a_value_error_with_fields() -> None:
 
 
 @pytest.mark.parametrize(
-    ("changes", "problem"),
+    ("changes", "key", "problem"),
     [
-        ({("train", "epochs"): "ten"}, "must be an integer"),
-        ({("case", 0, "prune", "sparsity"): 1.0}, "must be in [0, 1)"),
-        ({("cv", "folds"): 1}, "must be >= 2"),
-        ({("cv", "folds"): 49}, "more folds than the smallest class has samples (48)"),
-        ({("case", 0, "prune", "steps"): 3}, 'must be 1 with schedule = "oneshot"'),
-        ({("case", 1, "name"): "mag-50"}, "duplicate case name"),
-        ({("case",): DELETE}, "a suite needs at least one [[case]]"),
-        ({("gate", "pruned.f1_macro"): {}}, "a rule needs one of max_drop"),
-        ({("gate", "pruned.f1_macro", "max_drop"): -0.01}, "must be >= 0"),
-        ({("train", "lr"): 0}, "must be > 0"),
-        ({("case", 0, "prune", "method"): "lottery"}, "unknown method (known: auto, energy-aware"),
-        ({("gate", "pruned.f2_macro"): {"max_drop": 0.1}}, "unknown metric ("),
-        ({("suite", "dataset"): "sklearn:iris"}, "unknown dataset (known: "),
-        ({("suite", "dataset"): "npz:missing.npz"}, "data file not found: "),
-        ({("suite", "model"): "no_such_module_for_tests:mlp"}, "model module does not import"),
-        ({("bogus",): 1}, "unknown key"),
+        ({("train", "epochs"): "ten"}, "train.epochs", "must be an integer"),
+        (
+            {("case", 0, "prune", "sparsity"): 1.0},
+            "case[mag-50].prune.sparsity",
+            "must be in [0, 1)",
+        ),
+        ({("cv", "folds"): 1}, "cv.folds", "must be >= 2"),
+        (
+            {("cv", "folds"): 49},
+            "cv.folds",
+            "more folds than the smallest class has samples (48)",
+        ),
+        (
+            {("case", 0, "prune", "steps"): 3},
+            "case[mag-50].prune.steps",
+            'must be 1 with schedule = "oneshot"',
+        ),
+        ({("case", 1, "name"): "mag-50"}, "case[mag-50].name", "duplicate case name"),
+        ({("case",): DELETE}, "case", "a suite needs at least one [[case]]"),
+        ({("gate", "pruned.f1_macro"): {}}, "gate.pruned.f1_macro", "a rule needs one of max_drop"),
+        (
+            {("gate", "pruned.f1_macro", "max_drop"): -0.01},
+            "gate.pruned.f1_macro.max_drop",
+            "must be >= 0",
+        ),
+        ({("train", "lr"): 0}, "train.lr", "must be > 0"),
+        (
+            {("case", 0, "prune", "method"): "lottery"},
+            "case[mag-50].prune.method",
+            "unknown method (known: auto, energy-aware",
+        ),
+        (
+            {("gate", "pruned.f2_macro"): {"max_drop": 0.1}},
+            "gate.pruned.f2_macro",
+            "unknown metric (",
+        ),
+        ({("suite", "dataset"): "sklearn:iris"}, "suite.dataset", "unknown dataset (known: "),
+        ({("suite", "dataset"): "npz:missing.npz"}, "suite.dataset", "data file not found: "),
+        (
+            {("suite", "model"): "no_such_module_for_tests:mlp"},
+            "suite.model",
+            "model module does not import",
+        ),
+        ({("bogus",): 1}, "bogus", "unknown key"),
     ],
     ids=[
         "type",
@@ -777,16 +890,20 @@ def test_spec_error_is_a_value_error_with_fields() -> None:
         "key",
     ],
 )
-def test_problem_is_explained(changes: dict, problem: str) -> None:
+def test_problem_is_explained(changes: dict, key: str, problem: str) -> None:
     with pytest.raises(SpecError) as info:
         suite_from_dict(_with(changes), source="s.toml")
+    assert info.value.key == key
     assert problem in info.value.problem
 
 
 def test_missing_data_file_names_the_resolved_path(tmp_path: Path) -> None:
     path = write_suite(tmp_path, _with({("suite", "dataset"): "csv:data/missing.csv"}))
     message = spec_error(path)
-    assert str(tmp_path / "data" / "missing.csv") in message
+    missing = tmp_path / "data" / "missing.csv"
+    assert message.endswith(
+        f": suite.dataset = 'csv:data/missing.csv': data file not found: {missing}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -832,8 +949,7 @@ def test_more_folds_than_smallest_class(tmp_path: Path, data_file: str, write: s
     assert load_suite(write_suite(tmp_path, good, "ok.toml")).folds == 3
     bad = _with({("suite", "dataset"): f"{write}:{data_file}", ("cv", "folds"): 5})
     message = spec_error(write_suite(tmp_path, bad, "bad.toml"))
-    assert ": cv.folds = 5: " in message
-    assert "(3)" in message
+    assert ": cv.folds = 5: more folds than the smallest class has samples (3)" in message
 
 
 # Model modules written into tmp_path: each is imported through the suite's `model` key.
@@ -889,7 +1005,8 @@ def test_user_model_module_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     bad = _with({("suite", "model"): "usermodel_ok:factory", ("suite", "model_args"): {"depth": 6}})
     message = spec_error(write_suite(tmp_path, bad, "bad.toml"))
     assert ": suite.model_args = {'depth': 6}: " in message
-    assert "depth" in message
+    assert "usermodel_ok:factory rejected model_args {'depth': 6}: " in message
+    assert "unexpected keyword argument 'depth'" in message
 
 
 # --------------------------------------------------------------------------------------------
@@ -906,7 +1023,8 @@ def test_factory_runtime_error_is_a_spec_error(
 ) -> None:
     data = _with({("suite", "model"): model, ("suite", "model_args"): model_args})
     message = spec_error(write_suite(tmp_path, data, "bad.toml"))
-    assert f": suite.model_args = {model_args!r}: " in message
+    rejected = f"{model} rejected model_args {model_args!r}: "
+    assert f": suite.model_args = {model_args!r}: {rejected}" in message
 
 
 def test_mnist1d_bad_arg_type_is_a_spec_error(tmp_path: Path) -> None:
@@ -914,7 +1032,8 @@ def test_mnist1d_bad_arg_type_is_a_spec_error(tmp_path: Path) -> None:
         {("suite", "dataset"): "mnist1d", ("suite", "dataset_args"): {"num_samples": "many"}}
     )
     message = spec_error(write_suite(tmp_path, data, "bad.toml"))
-    assert ": suite.dataset = 'mnist1d': " in message
+    rejected = "mnist1d rejected dataset_args {'num_samples': 'many'}: "
+    assert f": suite.dataset = 'mnist1d': {rejected}" in message
 
 
 def test_corrupt_npz_is_a_spec_error(tmp_path: Path) -> None:
@@ -922,21 +1041,31 @@ def test_corrupt_npz_is_a_spec_error(tmp_path: Path) -> None:
     data = _with({("suite", "dataset"): "npz:corrupt.npz"})
     message = spec_error(write_suite(tmp_path, data, "bad.toml"))
     assert ": suite.dataset = 'npz:corrupt.npz': " in message
+    assert f"{tmp_path / 'corrupt.npz'}: not a readable .npz file" in message
 
 
 @pytest.mark.parametrize(
-    "changes",
-    [{("suite", "dataset"): "<sklearn\nwine>"}, {("bad\nkey",): 1}],
+    ("changes", "shown"),
+    [
+        (
+            {("suite", "dataset"): "<sklearn\nwine>"},
+            ": suite.dataset = '<sklearn\\nwine>': unknown dataset (known: ",
+        ),
+        ({("bad\nkey",): 1}, ": bad\\nkey = 1: unknown key"),
+    ],
     ids=["value-starting-with-lt", "key-with-newline"],
 )
-def test_newline_in_user_text_stays_one_line(tmp_path: Path, changes: dict) -> None:
-    spec_error(write_suite(tmp_path, _with(changes), "bad.toml"))
+def test_newline_in_user_text_stays_one_line(tmp_path: Path, changes: dict, shown: str) -> None:
+    message = spec_error(write_suite(tmp_path, _with(changes), "bad.toml"))
+    assert shown in message  # the line break shown escaped, in the key or the value
 
 
 def test_per_class_rule_for_missing_class_is_rejected(tmp_path: Path) -> None:
     data = _with({("gate", "pruned.recall.class_7"): {"max_drop": 0.01}})
     message = spec_error(write_suite(tmp_path, data, "bad.toml"))
-    assert "gate.pruned.recall.class_7" in message
+    assert message.endswith(
+        ": gate.pruned.recall.class_7 = {'max_drop': 0.01}: the dataset has 3 classes"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1041,9 +1170,8 @@ def test_plugin_reports_a_bad_suite_in_one_line(pytester: pytest.Pytester) -> No
     assert result.ret != 0
     output = result.stdout.str() + result.stderr.str()
     assert "Traceback" not in output
-    lines = [ln for ln in output.splitlines() if "case[mag-50].prune.sparsity = 1.5" in ln]
-    assert lines, output
-    assert "bad.toml" in lines[0] and "must be in [0, 1)" in lines[0]
+    line = "suites/bad.toml: case[mag-50].prune.sparsity = 1.5: must be in [0, 1)"
+    assert line in output.splitlines(), output
     result.assert_outcomes(errors=1)
 
 
@@ -1153,3 +1281,338 @@ def test_a_file_stem_that_is_not_a_name_is_refused(tmp_path: Path) -> None:
     data = _with({("suite", "name"): DELETE})
     with pytest.raises(SpecError, match=r"suite.name = '\.\.': use a letter or digit"):
         load_suite(write_suite(tmp_path, data, "...toml"))
+
+
+# --------------------------------------------------------------------------------------------
+# 6. [edge] sets, case edge, rule policy / alpha, [cv] repeats / seed and their hashes
+#
+# Suites written as TOML text on sklearn's digits (an image dataset, for the image-only edge sets).
+
+DIGITS_TOML = """\
+[suite]
+name = "digits"
+dataset = "sklearn:digits"
+model = "harness.models:mlp"
+model_args = { hidden = [32] }
+
+[cv]
+folds = 3
+
+[train]
+epochs = 2
+lr = 1e-2
+
+[[case]]
+name = "mag-50"
+prune = { method = "magnitude", sparsity = 0.5 }
+finetune = { epochs = 1, lr = 1e-3 }
+"""
+
+
+def _suite(
+    extra: str = "", text: str = DIGITS_TOML, source: str = "suites/digits.toml"
+) -> SuiteSpec:
+    return suite_from_dict(tomllib.loads(text + textwrap.dedent(extra)), source)
+
+
+def _with_cv(line: str, text: str = DIGITS_TOML) -> str:
+    return text.replace("folds = 3\n", f"folds = 3\n{line}\n")
+
+
+def _case_key(extra: str) -> str:
+    """``extra`` added to the (only) [[case]] table."""
+    return DIGITS_TOML + textwrap.dedent(extra)
+
+
+def _toml_error(text: str, source: str = "suites/digits.toml") -> SpecError:
+    with pytest.raises(SpecError) as info:
+        suite_from_dict(tomllib.loads(text), source)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{source}: ")
+    return info.value
+
+
+def test_edge_sets_parse_for_the_suite_and_per_case() -> None:
+    text = DIGITS_TOML.replace(
+        "[[case]]", '[edge]\nsets = ["gaussian_noise:0.1", "blur", "hardest:0.2"]\n\n[[case]]'
+    )
+    text += textwrap.dedent(
+        """
+        [[case]]
+        name = "own-edge"
+        prune = { method = "magnitude", sparsity = 0.5 }
+        edge = ["extremes"]
+
+        [[case]]
+        name = "no-edge"
+        prune = { method = "magnitude", sparsity = 0.5 }
+        edge = []
+        """
+    )
+    suite = suite_from_dict(tomllib.loads(text), "suites/digits.toml")
+    assert suite.edge == ("gaussian_noise:0.1", "blur", "hardest:0.2")
+    inherits, own, none = suite.cases
+    assert inherits.edge is None and suite.edge_sets(inherits) == suite.edge
+    assert own.edge == ("extremes",) and suite.edge_sets(own) == ("extremes",)
+    assert none.edge == () and suite.edge_sets(none) == ()
+    assert _suite().edge == ()
+
+
+def _edge_error(sets: str, dataset: str = "sklearn:digits") -> SpecError:
+    text = DIGITS_TOML.replace("sklearn:digits", dataset).replace(
+        "[[case]]", f"[edge]\nsets = {sets}\n\n[[case]]"
+    )
+    return _toml_error(text)
+
+
+def test_edge_unknown_kind() -> None:
+    err = _edge_error('["gaussian_noise", "fog:0.3"]')
+    assert err.key == "edge.sets" and err.value == "fog:0.3"
+    assert "unknown kind 'fog'" in str(err)
+
+
+def test_edge_image_only_kind_on_tabular_data() -> None:
+    err = _edge_error('["blur"]', dataset="sklearn:breast_cancer")
+    assert err.key == "edge.sets" and err.value == "blur"
+    assert "blur needs image or signal data (sklearn:breast_cancer is tabular)" in str(err)
+
+
+@pytest.mark.parametrize(
+    "sets", ['["extremes", "extremes"]', '["gaussian_noise:0.1", "gaussian_noise:0.10"]']
+)
+def test_edge_duplicate_metric_names(sets: str) -> None:
+    err = _edge_error(sets)
+    assert err.key == "edge.sets"
+    assert "same metric name" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("sets", "problem"),
+    [
+        ('"extremes"', "must be an array"),
+        ("[1]", "must be an array of strings"),
+        ('["gaussian_noise:-1"]', "sigma must be >= 0"),
+        ('["shift:8"]', "must be below 8"),
+    ],
+)
+def test_edge_other_bad_values(sets: str, problem: str) -> None:
+    err = _edge_error(sets)
+    assert err.key == "edge.sets" and problem in str(err)
+
+
+def test_edge_unknown_key_in_the_table() -> None:
+    err = _toml_error(DIGITS_TOML.replace("[[case]]", '[edge]\nset = ["blur"]\n\n[[case]]'))
+    assert err.key == "edge.set" and "unknown key" in str(err)
+
+
+def test_case_edge_is_validated_under_the_case_key() -> None:
+    err = _toml_error(_case_key('edge = ["blur", "nope"]\n'))
+    assert err.key == "case[mag-50].edge" and err.value == "nope"
+    err = _toml_error(_case_key('edge = ["blur:1", "blur:1.0"]\n'))
+    assert err.key == "case[mag-50].edge" and "same metric name 'blur_1'" in str(err)
+    # "blur" (the default sigma) and "blur:1" are two sets with two names
+    assert _suite(text=_case_key('edge = ["blur", "blur:1"]\n')).cases[0].edge == ("blur", "blur:1")
+
+
+def test_missing_npz_file_names_the_key(tmp_path: Path) -> None:
+    suites = tmp_path / "suites"
+    (suites / "edge").mkdir(parents=True)
+    text = DIGITS_TOML.replace("[[case]]", '[edge]\nsets = ["npz:edge/hard.npz"]\n\n[[case]]')
+    path = suites / "digits.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_suite(path)
+    err = info.value
+    assert err.key == "edge.sets" and err.value == "npz:edge/hard.npz"
+    assert "file not found" in str(err) and "\n" not in str(err)
+    # relative to the suite file: once it exists there, the suite loads
+    ds = load_dataset("sklearn:digits")
+    np.savez(suites / "edge" / "hard.npz", X=ds.X[:20], y=ds.y[:20])
+    assert load_suite(path).edge == ("npz:edge/hard.npz",)
+
+
+def test_npz_file_with_wrong_features_is_a_spec_error(tmp_path: Path) -> None:
+    (tmp_path / "edge").mkdir()
+    np.savez(tmp_path / "edge" / "bad.npz", X=np.zeros((5, 3)), y=np.zeros(5))
+    path = tmp_path / "digits.toml"
+    path.write_text(
+        DIGITS_TOML.replace("[[case]]", '[edge]\nsets = ["npz:edge/bad.npz"]\n\n[[case]]')
+    )
+    with pytest.raises(SpecError) as info:
+        load_suite(path)
+    assert info.value.key == "edge.sets" and "3 features per row" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "problem"),
+    [
+        ('{ max_drop = 0.01, policy = "bayesian" }', "policy", "must be one of threshold, "),
+        ('{ max_drop = 0.01, policy = "significant", alpha = 0.0 }', "alpha", "(0, 1)"),
+        ('{ max_drop = 0.01, policy = "significant", alpha = 1 }', "alpha", "(0, 1)"),
+        ('{ max_drop = 0.01, policy = "significant", alpha = 1.5 }', "alpha", "(0, 1)"),
+        ("{ max_drop = 0.01, alpha = -0.1 }", "alpha", "(0, 1)"),
+        ("{ max_drop = 0.01, policy = 1 }", "policy", "must be one of threshold, significant"),
+        ('{ min = 0.5, policy = "significant" }', "policy", "needs max_drop"),
+        ('{ max_rel_drop = 0.1, policy = "non_inferior" }', "policy", "needs max_drop"),
+        ('{ policy = "significant" }', "policy", "needs max_drop"),
+    ],
+)
+def test_policy_and_alpha_validation(body: str, key: str, problem: str) -> None:
+    err = _toml_error(DIGITS_TOML + f'\n[gate]\n"pruned.f1_macro" = {body}\n')
+    assert err.key == f"gate.pruned.f1_macro.{key}"
+    assert problem in str(err)
+
+
+def test_policy_and_alpha_parse_in_suite_and_case_rules() -> None:
+    suite = _suite(
+        """
+        [gate]
+        "pruned.f1_macro" = { max_drop = 0.01, policy = "significant", alpha = 0.1 }
+        "vs_dense.recall.class_*" = { max_drop = 0.05, policy = "non_inferior" }
+        "pruned.accuracy" = { max_drop = 0.01 }
+        """
+    )
+    rules = {r.metric: r for r in suite.gate}
+    assert rules["pruned.f1_macro"] == RuleSpec(
+        "pruned.f1_macro", max_drop=0.01, policy="significant", alpha=0.1
+    )
+    assert rules["vs_dense.recall.class_*"].policy == "non_inferior"
+    assert rules["vs_dense.recall.class_*"].alpha == 0.05
+    assert rules["pruned.accuracy"].policy == "threshold"
+    case = _suite(
+        text=_case_key('gate = { "pie_rate" = { max_drop = 0.02, policy = "significant" } }\n')
+    )
+    assert case.cases[0].gate == (RuleSpec("pie_rate", max_drop=0.02, policy="significant"),)
+
+
+def test_cv_repeats_and_seed() -> None:
+    suite = _suite(text=_with_cv("repeats = 3\nseed = 7"))
+    assert (suite.repeats, suite.fold_seed, suite.cv_seed) == (3, 7, 7)
+    default = _suite()
+    assert (default.repeats, default.fold_seed, default.cv_seed) == (1, None, 0)
+    for line, key, problem in (
+        ("repeats = 0", "cv.repeats", "must be > 0"),
+        ("repeats = -2", "cv.repeats", "must be > 0"),
+        ("repeats = 1.5", "cv.repeats", "must be an integer"),
+        ("seed = -1", "cv.seed", "must be >= 0"),
+        ('seed = "7"', "cv.seed", "must be an integer"),
+    ):
+        err = _toml_error(_with_cv(line))
+        assert err.key == key and problem in str(err), str(err)
+
+
+def _old_digest(obj: Any) -> str:
+    """The hash as it was computed before the new keys (harness.spec at the previous commit)."""
+
+    def plain(o: Any) -> Any:
+        if isinstance(o, dict):
+            return {str(k): plain(v) for k, v in sorted(o.items())}
+        if isinstance(o, list | tuple):
+            return [plain(v) for v in o]
+        return o
+
+    text = json.dumps(plain(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _old_spec_hash(suite: SuiteSpec) -> str:
+    case = suite.cases[0]
+    dense = _old_digest(
+        {
+            "dataset": suite.dataset,
+            "dataset_args": dict(suite.dataset_args),
+            "model": suite.model,
+            "model_args": dict(suite.model_args),
+            "seed": suite.seed,
+            "threads": suite.threads,
+            "folds": suite.folds,
+            "train": dataclasses.asdict(suite.train),
+        }
+    )
+    return _old_digest(
+        {
+            "dense": dense,
+            "latency": dataclasses.asdict(suite.latency),
+            "prune": dataclasses.asdict(case.prune),
+            "finetune": dataclasses.asdict(case.finetune) if case.finetune else None,
+        }
+    )
+
+
+def test_spec_hash_of_a_suite_without_the_new_keys_is_unchanged() -> None:
+    plain = _suite()
+    case = plain.cases[0]
+    assert plain.spec_hash(case) == _old_spec_hash(plain)  # existing baselines stay valid
+    explicit = _suite(text=_with_cv("repeats = 1"))
+    assert explicit.spec_hash(explicit.cases[0]) == plain.spec_hash(case)
+    assert explicit.dense_key() == plain.dense_key()
+    # gate policies are not part of the hash
+    gated = _suite('\n[gate]\n"pruned.f1_macro" = { max_drop = 0.01, policy = "significant" }\n')
+    assert gated.spec_hash(gated.cases[0]) == plain.spec_hash(case)
+    # an empty edge list is no edge set
+    no_edge = _suite(text=DIGITS_TOML.replace("[[case]]", "[edge]\nsets = []\n\n[[case]]"))
+    assert no_edge.spec_hash(no_edge.cases[0]) == plain.spec_hash(case)
+
+
+def _edged_with_case_edge(case_edge: str) -> str:
+    text = DIGITS_TOML.replace("[[case]]", '[edge]\nsets = ["blur"]\n\n[[case]]')
+    return text + f"edge = {case_edge}\n"
+
+
+def test_spec_hash_changes_with_the_new_keys() -> None:
+    plain = _suite()
+    base_hash = plain.spec_hash(plain.cases[0])
+    edged = _suite(text=DIGITS_TOML.replace("[[case]]", '[edge]\nsets = ["blur"]\n\n[[case]]'))
+    assert edged.spec_hash(edged.cases[0]) != base_hash
+    assert edged.dense_key() == plain.dense_key()  # the dense models are the same
+    other = _suite(text=DIGITS_TOML.replace("[[case]]", '[edge]\nsets = ["blur:2"]\n\n[[case]]'))
+    assert other.spec_hash(other.cases[0]) != edged.spec_hash(edged.cases[0])
+    # a case that opts out of the suite's sets hashes like a suite without any
+    opt_out = _suite(text=_edged_with_case_edge("[]"))
+    assert opt_out.spec_hash(opt_out.cases[0]) == base_hash
+    repeated = _suite(text=_with_cv("repeats = 2"))
+    assert repeated.dense_key() != plain.dense_key()
+    assert repeated.spec_hash(repeated.cases[0]) != base_hash
+    seeded = _suite(text=_with_cv("seed = 3"))
+    assert seeded.dense_key() != plain.dense_key()
+    assert seeded.spec_hash(seeded.cases[0]) != base_hash
+
+
+# --------------------------------------------------------------------------------------------
+# Structure and resolution: loading checks the spec as data, resolution against what it names
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "problem"),
+    [
+        ({("suite", "dataset"): "npz:missing.npz"}, "suite.dataset", "data file not found"),
+        ({("suite", "model"): "nowhere:mlp"}, "suite.model", "model module does not import"),
+        ({("suite", "model_args", "depth"): 3}, "suite.model_args", "rejected model_args"),
+        ({("case", 0, "prune", "method"): "magic"}, "case[mag-50].prune.method", "unknown method"),
+        (
+            {("case", 1, "prune", "args"): {"norm": 3}},
+            "case[struct-30].prune.args.norm",
+            "must be one of 1, 2",
+        ),
+        ({("cv", "folds"): 60}, "cv.folds", "more folds than the smallest class"),
+        ({("edge", "sets"): ["blur"]}, "edge.sets", "blur needs image or signal data"),
+    ],
+)
+def test_loading_is_structural_and_resolution_names_what_does_not_fit(
+    tmp_path: Path, changes: dict, key: str, problem: str
+) -> None:
+    path = write_suite(tmp_path, _with(changes), "s.toml")
+    suite = spec.load_suite(path)  # the structure is fine: nothing imported, loaded or built
+    with pytest.raises(SpecError) as info:
+        resolve(suite)
+    assert info.value.source.endswith("s.toml") and info.value.key == key
+    assert problem in info.value.problem, str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_run_case_resolves_a_spec_built_in_python_first() -> None:
+    from harness.runner import run_case
+
+    suite = spec.suite_from_dict(_with({("case", 0, "prune", "method"): "magic"}), "<python>")
+    with pytest.raises(SpecError, match=r"^<python>: case\[mag-50\]\.prune\.method = 'magic'"):
+        run_case(suite, suite.cases[0])

@@ -319,7 +319,7 @@ def test_reason_is_one_line_with_everything(policy: str) -> None:
     if policy == "threshold":
         assert decision.result is None and "no test" in reason
     else:
-        assert decision.result is not None
+        assert decision.result is not None and decision.result.test == "corrected t-test"
         assert decision.result.describe() in reason
         assert "alpha 0.05" in reason
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from harness.pruning import PruneContext, create, prunable_modules
+from harness.pruning import PruneContext, create, get, prunable_modules
 from harness.pruning.base import weight
 from harness.pruning.taylor import taylor_scores
+from harness.schema import SpecError
 from harness.spec import PruneSpec
 
 
@@ -69,9 +71,16 @@ def test_taylor_prunes_the_lowest_scores_and_keeps_the_model_working() -> None:
     assert np.isfinite(model(X).detach().numpy()).all()
 
 
-def test_check_rejects_bad_args() -> None:
-    from harness.pruning import get
-
-    for args in ({"batches": 0}, {"nope": 1}):
-        assert next(iter(args)) in (get("taylor").check(PruneSpec("taylor", 0.5, args=args)) or "")
-    assert get("taylor").check(PruneSpec("taylor", 0.5, args={"batches": 2})) is None
+def test_parse_args_rejects_bad_args() -> None:
+    cls = get("taylor")
+    for key, bad, problem in (
+        ("batches", 0, "must be > 0"),
+        ("batch_size", 1.5, "must be an integer"),
+        ("max_layer", "0.9", "must be a number"),
+        ("nope", 1, "unknown key"),
+    ):
+        with pytest.raises(SpecError) as info:
+            cls.parse_args({key: bad})
+        assert (info.value.key, info.value.problem) == (f"prune.args.{key}", problem)
+    args = cls.parse_args({"batches": 2})
+    assert (args.batches, args.batch_size, args.max_layer) == (2, 128, None)

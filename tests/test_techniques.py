@@ -17,6 +17,7 @@ from harness.pruning.base import schedule_targets, weight
 from harness.pruning.regularized import group_lasso_penalty, l1_penalty, l2_penalty
 from harness.pruning.snip import snip_scores
 from harness.pruning.student import scaled_args
+from harness.schema import SpecError
 from harness.spec import DistillSpec, PruneSpec, TrainSpec, suite_from_dict
 from harness.training import distillation_loss, fit
 
@@ -71,9 +72,16 @@ def test_snip_prunes_lowest_sensitivity_globally() -> None:
 def test_snip_rejects_schedules_and_bad_args() -> None:
     cls = get("snip")
     assert cls.at_init
-    assert "SNIP prunes once" in str(cls.check(PruneSpec("snip", 0.9, schedule="iterative")))
-    assert "batches" in (cls.check(PruneSpec("snip", 0.9, args={"batches": 0})) or "")
-    assert cls.check(PruneSpec("snip", 0.9, args={"batches": 2})) is None
+    with pytest.raises(SpecError) as info:
+        cls.parse_spec(PruneSpec("snip", 0.9, schedule="iterative"))
+    assert (info.value.key, info.value.problem) == (
+        "prune.schedule",
+        "SNIP prunes once, at initialization",
+    )
+    with pytest.raises(SpecError) as info:
+        cls.parse_args({"batches": 0})
+    assert (info.value.key, info.value.problem) == ("prune.args.batches", "must be > 0")
+    assert cls.parse_spec(PruneSpec("snip", 0.9, args={"batches": 2})).batches == 2
 
 
 def _digits_suite(case: dict[str, object], **suite: object) -> object:
@@ -168,13 +176,18 @@ def test_structured_taylor_removes_neurons_of_least_first_order_importance() -> 
     assert all(p.grad is None for p in pruned.parameters())
 
 
-def test_structured_taylor_check() -> None:
+def test_structured_taylor_parse_args() -> None:
     cls = get("structured-taylor")
     assert cls.structured
-    for args in ({"batch_size": -1}, {"norm": 2}):
-        problem = cls.check(PruneSpec("structured-taylor", 0.5, args=args))
-        assert next(iter(args)) in (problem or ""), args
-    assert cls.check(PruneSpec("structured-taylor", 0.5, args={"ignore": ["0"]})) is None
+    for key, bad, problem in (
+        ("batch_size", -1, "must be > 0"),
+        ("batches", "8", "must be an integer"),
+        ("norm", 2, "unknown key"),  # the structured method's, not this one's
+    ):
+        with pytest.raises(SpecError) as info:
+            cls.parse_args({key: bad})
+        assert (info.value.key, info.value.problem) == (f"prune.args.{key}", problem)
+    assert cls.parse_args({"ignore": ["0"]}).ignore == ("0",)
 
 
 # ------------------------------------------------------------------ regularization
@@ -226,14 +239,24 @@ def test_regularized_then_threshold_pruned_once() -> None:
     assert int((w == 0).sum()) == round(0.6 * w.numel())
 
 
-def test_regularization_checks() -> None:
+def test_regularization_parse_args() -> None:
     for method in ("l1", "l2", "group-lasso"):
         cls = get(method)
-        for args in ({"strength": -1}, {"epochs": 0}, {"lr": 0}, {"what": 1}):
-            problem = cls.check(PruneSpec(method, 0.5, args=args))
-            assert next(iter(args)) in (problem or ""), (method, args)
-        assert cls.check(PruneSpec(method, 0.5, args={"strength": 1e-4, "epochs": 3})) is None
+        for key, bad, problem in (
+            ("strength", -1, "must be >= 0"),
+            ("epochs", 0, "must be > 0"),
+            ("lr", 0, "must be > 0"),
+            ("lr", float("inf"), "must be finite"),
+            ("what", 1, "unknown key"),
+        ):
+            with pytest.raises(SpecError) as info:
+                cls.parse_args({key: bad})
+            assert (info.value.key, info.value.problem) == (f"prune.args.{key}", problem), method
+        args = cls.parse_args({"strength": 1e-4, "epochs": 3})
+        assert (args.strength, args.epochs, args.lr) == (1e-4, 3, 1e-3)
     assert get("group-lasso").structured
+    assert "ignore" in get("group-lasso").known_args()
+    assert "max_layer" in get("l1").known_args() and "ignore" not in get("l1").known_args()
 
 
 # ------------------------------------------------------------------ distillation
@@ -290,7 +313,7 @@ def test_distill_and_deploy_keys_validated() -> None:
         _digits_suite({"prune": prune, "distill": {"alpha": 0.5}})
     with pytest.raises(SpecError, match=r"distill\.alpha = 1\.5: must be in \[0, 1\]"):
         _digits_suite({"prune": prune, "finetune": {"epochs": 1}, "distill": {"alpha": 1.5}})
-    with pytest.raises(SpecError, match=r"distill\.temperature = 0\.0: must be > 0"):
+    with pytest.raises(SpecError, match=r"distill\.temperature = 0: must be > 0"):
         _digits_suite({"prune": prune, "finetune": {"epochs": 1}, "distill": {"temperature": 0}})
     with pytest.raises(SpecError, match=r"distill\.beta = 1: unknown key"):
         _digits_suite({"prune": prune, "finetune": {"epochs": 1}, "distill": {"beta": 1}})
@@ -328,6 +351,10 @@ def test_student_case_runs_and_is_smaller() -> None:
     result = run_fold(suite, suite.cases[0], ds, fold)  # type: ignore[arg-type, attr-defined]
     assert result.metrics["param_reduction"] >= 0.75
     assert result.metrics["pruned.accuracy"] > 0.8
-    student = get("student").check
-    assert "alpha" in (student(PruneSpec("student", 0.5, args={"alpha": 2})) or "")
-    assert "schedule" in (student(PruneSpec("student", 0.5, schedule="agp", steps=2)) or "")
+    student = get("student")
+    with pytest.raises(SpecError) as info:
+        student.parse_args({"alpha": 2})
+    assert (info.value.key, info.value.problem) == ("prune.args.alpha", "must be in [0, 1]")
+    with pytest.raises(SpecError) as info:
+        student.parse_spec(PruneSpec("student", 0.5, schedule="agp", steps=2))
+    assert (info.value.key, info.value.problem) == ("prune.schedule", "the student is trained once")

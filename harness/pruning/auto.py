@@ -50,26 +50,63 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from harness.pruning.base import MaskPruner, PruneContext, leaf_weight, prunable_modules, weight
+from harness.pruning.base import (
+    Problems,
+    PruneContext,
+    Pruner,
+    PrunerArgs,
+    leaf_weight,
+    open_unit,
+    prunable_modules,
+    remove_masks,
+    weight,
+)
 from harness.pruning.registry import register
+from harness.schema import option
 from harness.spec import PruneSpec
 
 BUDGETS = ("params", "flops", "energy")
 DEFAULT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
-DEFAULT_CALIBRATION = 0.2
-DEFAULT_MAX_LAYER = 0.98
 MAX_CALIBRATION_ROWS = 1024
 _RATIO_TOL = 1e-9
 
 Curve = Sequence[tuple[float, float]]
+
+
+def _budget(value: str) -> str | None:
+    if value == "latency":
+        return (
+            "not offered for unstructured masks (zeros do not make dense kernels faster); "
+            "use params, flops or energy, or a structured method"
+        )
+    return None if value in BUDGETS else f"must be one of {', '.join(BUDGETS)}"
+
+
+def _grid(value: tuple[float, ...]) -> str | None:
+    if not value or not all(0 <= g < 1 for g in value):
+        return "must be a non-empty array of numbers in [0, 1)"
+    if any(a >= b for a, b in pairwise(value)):
+        return "must be sorted ascending without repeats"
+    return None
+
+
+@dataclass(frozen=True)
+class AutoArgs(PrunerArgs):
+    """The cost ``budget``, the sensitivity ``grid``, the ``calibration`` fraction of the
+    training fold and the per-layer cap ``max_layer`` (module docstring)."""
+
+    budget: str = option("params", check=_budget)
+    grid: tuple[float, ...] = option(DEFAULT_GRID, check=_grid)
+    calibration: float = option(0.2, check=open_unit)
+    max_layer: float = option(0.98, check=open_unit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,7 +364,7 @@ def layer_counts(
 
 
 @register
-class AutoPruner(MaskPruner):
+class AutoPruner(Pruner):
     """Sensitivity-driven per-layer sparsities under a params / flops / energy budget, then
     layer-wise magnitude masks (see the module docstring). Latency is not a budget: zeros in
     dense kernels do not make them faster."""
@@ -341,8 +378,8 @@ class AutoPruner(MaskPruner):
         "Han et al. 2015, Learning both Weights and Connections for Efficient Neural Networks "
         "(sensitivity analysis); He et al. 2018, AMC: AutoML for Model Compression"
     )
-    arg_names: ClassVar[tuple[str, ...]] = ("budget", "grid", "calibration", "max_layer")
-    layer_cap = False  # its own allocation; its max_layer bounds the per-layer rates
+    Args = AutoArgs
+    args: AutoArgs
 
     def __init__(self, spec: PruneSpec) -> None:
         super().__init__(spec)
@@ -351,74 +388,33 @@ class AutoPruner(MaskPruner):
         self.costs: dict[str, float] = {}
 
     @classmethod
-    def check(cls, spec: PruneSpec) -> str | None:
-        if (problem := super().check(spec)) is not None:
-            return problem
-        args = spec.args
-        budget = args.get("budget", "params")
-        if budget == "latency":
-            return (
-                'budget = "latency": not offered for unstructured masks (zeros do not make '
-                "dense kernels faster); use params, flops or energy, or a structured method"
+    def spec_problems(cls, spec: PruneSpec, args: PrunerArgs) -> Problems:
+        if isinstance(args, AutoArgs) and spec.sparsity > args.max_layer:
+            yield (
+                "args.max_layer",
+                args.max_layer,
+                f"below the target sparsity {spec.sparsity} (no allocation can meet the budget)",
             )
-        if budget not in BUDGETS:
-            return f"budget = {budget!r}: must be one of {', '.join(BUDGETS)}"
-        grid = args.get("grid", list(DEFAULT_GRID))
-        if (
-            not isinstance(grid, list | tuple)
-            or not grid
-            or not all(_is_number(g) and 0 <= g < 1 for g in grid)
-        ):
-            return f"grid = {grid!r}: must be a non-empty list of numbers in [0, 1)"
-        if any(a >= b for a, b in pairwise(grid)):
-            return f"grid = {grid!r}: must be sorted ascending without repeats"
-        for key, default in (
-            ("calibration", DEFAULT_CALIBRATION),
-            ("max_layer", DEFAULT_MAX_LAYER),
-        ):
-            value = args.get(key, default)
-            if not _is_number(value) or not 0 < value < 1:
-                return f"{key} = {value!r}: must be a number in (0, 1)"
-        max_layer = args.get("max_layer", DEFAULT_MAX_LAYER)
-        if spec.sparsity > max_layer:
-            return (
-                f"max_layer = {max_layer!r}: below the target sparsity {spec.sparsity} "
-                "(no allocation can meet the budget)"
-            )
-        return None
-
-    @property
-    def budget(self) -> str:
-        return str(self.spec.args.get("budget", "params"))
-
-    @property
-    def max_layer(self) -> float:
-        return float(self.spec.args.get("max_layer", DEFAULT_MAX_LAYER))
-
-    def scores(self, model: nn.Module, ctx: PruneContext) -> Mapping[nn.Module, torch.Tensor]:
-        """Magnitude ``|w|`` within each layer (the per-layer rates come from :meth:`rates_for`)."""
-        return {m: _effective(m).abs() for _, m in prunable_modules(model)}
 
     def calibration(self, ctx: PruneContext) -> tuple[torch.Tensor, torch.Tensor]:
         """The calibration slice of the training fold (deterministic for ``ctx.seed``)."""
-        fraction = float(self.spec.args.get("calibration", DEFAULT_CALIBRATION))
-        idx = calibration_indices(len(ctx.y_train), fraction, ctx.seed)
+        idx = calibration_indices(len(ctx.y_train), self.args.calibration, ctx.seed)
         return torch.as_tensor(ctx.X_train[idx]), torch.as_tensor(ctx.y_train[idx]).long()
 
     def rates_for(self, model: nn.Module, target: float, ctx: PruneContext) -> dict[str, float]:
         """Per-layer sparsities for the cumulative ``target`` (stored in ``self.rates``)."""
         layers = prunable_modules(model)
         start = {name: _current_sparsity(m) for name, m in layers}
-        self.costs = weight_costs(model, ctx.example, self.budget)
+        self.costs = weight_costs(model, ctx.example, self.args.budget)
         if self.spec.scope == "layer":  # uniform: every layer to the target
             self.curves = {}
             self.rates = {name: max(target, start[name]) for name in start}
             return self.rates
         X, y = self.calibration(ctx)
-        grid = self.spec.args.get("grid", DEFAULT_GRID)
-        self.curves = sensitivity(model, X, y, [float(g) for g in grid], self.max_layer)
+        max_layer = self.args.max_layer
+        self.curves = sensitivity(model, X, y, list(self.args.grid), max_layer)
         sizes = {name: weight(m).numel() for name, m in layers}
-        self.rates = allocate(self.curves, self.costs, sizes, target, self.max_layer)
+        self.rates = allocate(self.curves, self.costs, sizes, target, max_layer)
         return self.rates
 
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
@@ -432,6 +428,5 @@ class AutoPruner(MaskPruner):
                 prune.custom_from_mask(m, "weight", _magnitude_keep(m, counts[name]))
         return model
 
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    def finalize(self, model: nn.Module) -> nn.Module:
+        return remove_masks(model)

@@ -3,25 +3,36 @@
 A :class:`Pruner` is created from a :class:`~harness.spec.PruneSpec`. The runner calls
 :meth:`Pruner.step` once per round with the cumulative target sparsity of that round (one round for
 ``oneshot``, ``steps`` rounds for ``iterative``), fine-tunes between rounds, and finally calls
-:meth:`Pruner.finalize` to make the pruning permanent. Unstructured techniques only override
-:meth:`MaskPruner.scores`.
+:meth:`Pruner.finalize` to make the pruning permanent.
+
+Every technique declares its ``prune.args`` as a frozen dataclass, its ``Args`` (fields: type by
+annotation, check by :func:`harness.schema.option`, the default; shared fields come from the base
+dataclasses here): :meth:`Pruner.parse_args` builds it from the suite's table, and the pruner reads
+``self.args``. Unstructured techniques name a criterion, a function ``(model, ctx, args) -> scores
+per layer``, for the generic :class:`MaskPruner`; structured ones name a Torch-Pruning importance
+for :class:`~harness.pruning.structured.StructuralPruner`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call, grad, vmap
 from torch.nn.utils import prune
 
+from harness.schema import SpecError, Table, option, validate
 from harness.spec import PruneSpec, TrainSpec
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+Problems = Iterator[tuple[str, Any, str]]  # (key, value, problem), as schema's ``problems()``
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +49,77 @@ class PruneContext:
     teacher: nn.Module | None = None
     build: Callable[[Mapping[str, Any]], nn.Module] | None = None
     model_args: Mapping[str, Any] = field(default_factory=dict)  # the suite's
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+
+
+def positive(value: float) -> str | None:
+    """Check of a count or a scale: ``> 0``."""
+    return None if value > 0 else "must be > 0"
+
+
+COUNT_MAX = 1_000_000  # any count a method takes: far above real use, refuses a typo at once
+
+
+def count(value: int) -> str | None:
+    """Check of a count (batches, samples, epochs): ``> 0`` and at most :data:`COUNT_MAX`."""
+    if value <= 0:
+        return "must be > 0"
+    return None if value <= COUNT_MAX else f"must be <= {COUNT_MAX} (the harness's bound)"
+
+
+def non_negative(value: float) -> str | None:
+    """Check of a weight or an exponent: ``>= 0``."""
+    return None if value >= 0 else "must be >= 0"
+
+
+def unit(value: float) -> str | None:
+    """Check of a fraction: in ``[0, 1]``."""
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
+def open_unit(value: float) -> str | None:
+    """Check of a fraction that cannot be 0 or 1: in ``(0, 1)``."""
+    return None if 0 < value < 1 else "must be in (0, 1)"
+
+
+@dataclass(frozen=True)
+class PrunerArgs:
+    """The ``prune.args`` of a technique, validated however they are built (a TOML table, in
+    Python, ``dataclasses.replace``). This base takes none; every technique's ``Args`` extends it
+    (and the shared dataclasses below) with its fields, each with its type, check and default."""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class MaskArgs(PrunerArgs):
+    """Of :class:`MaskPruner`: ``max_layer``, the per-layer cap of a global ranking (none by
+    default; at least the target sparsity)."""
+
+    max_layer: float | None = option(None, check=unit)
+
+
+@dataclass(frozen=True)
+class GradientArgs(PrunerArgs):
+    """Gradients over the first ``batches`` mini-batches of ``batch_size`` training rows."""
+
+    batches: int = option(8, check=count)
+    batch_size: int = option(128, check=count)
+
+
+@dataclass(frozen=True)
+class IgnoreArgs(PrunerArgs):
+    """``ignore``: prunable layers (module names) left alone, as well as the classifier."""
+
+    ignore: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# Layers and gradients
 
 
 def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -63,21 +145,102 @@ def leaf_weight(module: nn.Module) -> torch.Tensor:
     return param
 
 
-def positive_int_problem(args: Mapping[str, Any], *keys: str) -> str | None:
-    """The problem with the first of ``args[key]`` that is set and not a positive integer."""
-    for key in keys:
-        value = args.get(key, 1)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            return f"{key} = {value!r}: must be a positive integer"
-    return None
+@dataclass(frozen=True, eq=False)
+class GradientSums:
+    """What :func:`accumulate_gradients` summed: one entry per parameter (None where the loss
+    does not reach it) and the number of mini-batches."""
+
+    sums: list[torch.Tensor | None]
+    batches: int
 
 
-def module_names_problem(args: Mapping[str, Any], key: str = "ignore") -> str | None:
-    """The problem with ``args[key]`` if it is set and not a list of module names."""
-    names = args.get(key, [])
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        return f"{key} = {names!r}: must be a list of module names"
-    return None
+def accumulate_gradients(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    *,
+    batches: int,
+    batch_size: int,
+    mean: bool = False,
+    per_sample: bool = False,
+    term: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+) -> GradientSums:
+    """Sum ``term(i, g)`` (default ``g``) over the first ``batches`` mini-batches of
+    ``batch_size`` rows of ``(X, y)``, for every parameter ``params[i]`` of ``model``.
+
+    Parameters
+    ----------
+    model
+        In eval mode meanwhile (no dropout noise); its training flag is put back afterwards.
+    params
+        Leaf parameters of ``model`` (``weight_orig`` under a mask, :func:`leaf_weight`).
+    mean
+        ``g`` is the gradient of the mini-batch's mean cross-entropy divided by the number of
+        mini-batches, so that the plain sums are the gradient of the mean over the mini-batches;
+        otherwise of the mini-batch's mean cross-entropy.
+    per_sample
+        ``g`` holds the gradients of the rows' own cross-entropies instead, stacked
+        ``(rows, *shape)`` (``torch.func.vmap`` of ``torch.func.grad`` through
+        ``torch.func.functional_call``; the masked layers' ``weight`` attributes, which the mask
+        hooks overwrite with transformed tensors, are put back afterwards).
+    term
+        What is summed of parameter ``i``'s gradient ``g`` (``(g * w) ** 2``, ``g ** 2``, ...).
+    """
+    starts = list(range(0, min(len(X), batches * batch_size), batch_size))
+    sums: list[torch.Tensor | None] = [None] * len(params)
+    gradients = _per_sample_gradients(model, params) if per_sample else None
+    saved = {
+        m: m.__dict__["weight"]
+        for _, m in (prunable_modules(model) if per_sample else ())
+        if "weight" in m.__dict__
+    }
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for start in starts:
+                xb, yb = X[start : start + batch_size], y[start : start + batch_size]
+                if gradients is not None:
+                    grads: Sequence[torch.Tensor | None] = gradients(xb, yb)
+                else:
+                    loss = nn.functional.cross_entropy(model(xb), yb)
+                    if mean:
+                        loss = loss / len(starts)
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for i, g in enumerate(grads):
+                    if g is not None:
+                        t = g if term is None else term(i, g)
+                        total = sums[i]
+                        sums[i] = t if total is None else total + t
+    finally:
+        model.train(was_training)
+        for m, w in saved.items():
+            m.weight = w
+    return GradientSums(sums, len(starts))
+
+
+def _per_sample_gradients(
+    model: nn.Module, params: Sequence[torch.Tensor]
+) -> Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]:
+    """``(xb, yb) -> [per-row gradients of params[i], (rows, *shape)]`` by vmap of grad."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    if any(id(p) not in names for p in params):
+        raise ValueError("params must be parameters of the model")
+    keys = [names[id(p)] for p in params]
+    fixed = {key: p.detach() for key, p in zip(keys, params, strict=True)}
+
+    def sample_loss(values: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor) -> Any:
+        out = functional_call(model, values, (x.unsqueeze(0),))
+        return nn.functional.cross_entropy(out, t.unsqueeze(0))
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+
+    def gradients(xb: torch.Tensor, yb: torch.Tensor) -> list[torch.Tensor]:
+        out = per_sample(fixed, xb, yb)
+        return [out[key] for key in keys]
+
+    return gradients
 
 
 def ratio_of_remaining(reached: float, target: float) -> float:
@@ -94,8 +257,21 @@ def ignored_layers(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
     return [m for n, m in layers if n in wanted] + [layers[-1][1]]
 
 
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Make mask pruning permanent: every layer's mask folded into its weight."""
+    for _, m in prunable_modules(model):
+        if prune.is_pruned(m) and hasattr(m, "weight_mask"):
+            prune.remove(m, "weight")
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Pruners
+
+
 class Pruner(ABC):
-    """One pruning technique. Subclasses set ``name``, ``summary`` and ``reference``."""
+    """One pruning technique. Subclasses set ``name``, ``summary``, ``reference`` and ``Args``
+    (and annotate ``args`` with it)."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
@@ -104,24 +280,63 @@ class Pruner(ABC):
     # True: the runner prunes the freshly initialized model (same init as the dense one), then
     # trains the sparse network with the suite's [train] spec, masks held (SNIP and kin)
     at_init: ClassVar[bool] = False
-    arg_names: ClassVar[tuple[str, ...]] = ()
+    Args: ClassVar[type[PrunerArgs]] = PrunerArgs
+    args: PrunerArgs
 
     def __init__(self, spec: PruneSpec) -> None:
+        """Raises :class:`~harness.schema.SpecError` if ``spec`` does not suit the technique."""
         self.spec = spec
+        self.args = type(self).parse_spec(spec)
+
+    @classmethod
+    def parse_args(
+        cls, args: Mapping[str, Any], *, source: str = "<python>", path: str = "prune.args"
+    ) -> PrunerArgs:
+        """The technique's :attr:`Args` from a case's ``prune.args`` table.
+
+        Parameters
+        ----------
+        args
+            The table as written (TOML arrays are lists).
+        source, path
+            Where it comes from, for the messages: the suite file and the table's key.
+
+        Raises
+        ------
+        SpecError
+            One line naming ``source``, the key (``prune.args.batches``) and the problem; an
+            unknown key is refused.
+        """
+        table = Table(dict(args) if isinstance(args, Mapping) else args, source, path)
+        parsed: PrunerArgs = table.build(cls.Args)
+        return parsed
+
+    @classmethod
+    def spec_problems(cls, spec: PruneSpec, args: PrunerArgs) -> Problems:
+        """Problems of ``args`` (parsed) with the rest of ``spec`` (its sparsity, schedule):
+        ``(key below the prune table, value, problem)``."""
+        return iter(())
+
+    @classmethod
+    def parse_spec(
+        cls, spec: PruneSpec, *, source: str = "<python>", path: str = "prune"
+    ) -> PrunerArgs:
+        """:meth:`parse_args` of ``spec.args`` (at ``path.args``), then :meth:`spec_problems`.
+
+        Raises
+        ------
+        SpecError
+            The first problem, named below ``path`` (``prune.args.max_layer``, ``prune.schedule``).
+        """
+        args = cls.parse_args(spec.args, source=source, path=f"{path}.args")
+        for key, value, problem in cls.spec_problems(spec, args):
+            raise SpecError(source, f"{path}.{key}", value, problem)
+        return args
 
     @classmethod
     def known_args(cls) -> tuple[str, ...]:
-        """The ``args`` keys this technique accepts."""
-        return cls.arg_names
-
-    @classmethod
-    def check(cls, spec: PruneSpec) -> str | None:
-        """The problem with ``spec`` for this technique, or None."""
-        unknown = set(spec.args) - set(cls.known_args())
-        if unknown:
-            known = ", ".join(cls.known_args()) or "none"
-            return f"unknown key(s) {', '.join(sorted(unknown))} (known: {known})"
-        return None
+        """The ``args`` keys this technique accepts (the fields of its :attr:`Args`)."""
+        return tuple(f.name for f in dataclasses.fields(cls.Args))
 
     @abstractmethod
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
@@ -132,46 +347,41 @@ class Pruner(ABC):
         return model
 
 
-class MaskPruner(Pruner):
-    """Unstructured pruning by score through ``torch.nn.utils.prune`` masks.
+# Importance per weight of every prunable layer (same shape as its weight; lowest pruned first)
+# from the model, the context and the technique's args; a class attribute holds it as a
+# ``staticmethod``
+Criterion: TypeAlias = (
+    "staticmethod[[nn.Module, PruneContext, Any], Mapping[nn.Module, torch.Tensor]]"
+)
 
-    ``scope = "global"`` ranks all weights of all prunable layers together, ``"layer"`` prunes
-    every layer to the target separately. Already-pruned weights stay pruned.
+
+class MaskPruner(Pruner):
+    """Unstructured pruning by a criterion's scores through ``torch.nn.utils.prune`` masks.
+
+    A technique names its :attr:`criterion`, ``(model, ctx, args) -> {layer: scores}`` (as
+    ``staticmethod(function)``). ``scope = "global"`` ranks all weights of all prunable layers
+    together, ``"layer"`` prunes every layer to the target separately. Already-pruned weights
+    stay pruned.
 
     ``args.max_layer`` (global scope, optional): no layer loses more than
     ``round(max_layer * n)`` of its ``n`` weights. A global ranking can otherwise prune a whole
     layer away at high sparsity (layer collapse, Tanaka et al. 2020), which cuts the network in
     two; the weights a capped layer keeps go to the next lowest scores of the other layers.
-    Techniques with an allocation of their own set ``layer_cap = False``.
     """
 
-    layer_cap: ClassVar[bool] = True
+    Args: ClassVar[type[PrunerArgs]] = MaskArgs
+    args: MaskArgs
+    criterion: ClassVar[Criterion]
 
     @classmethod
-    def known_args(cls) -> tuple[str, ...]:
-        extra = ("max_layer",) if cls.layer_cap and "max_layer" not in cls.arg_names else ()
-        return (*cls.arg_names, *extra)
+    def spec_problems(cls, spec: PruneSpec, args: PrunerArgs) -> Problems:
+        cap = args.max_layer if isinstance(args, MaskArgs) else None
+        if cap is not None and cap < spec.sparsity:
+            yield "args.max_layer", cap, f"must be in [sparsity, 1] (sparsity = {spec.sparsity})"
 
-    @classmethod
-    def check(cls, spec: PruneSpec) -> str | None:
-        if (problem := super().check(spec)) is not None:
-            return problem
-        if cls.layer_cap and "max_layer" in spec.args:
-            cap = spec.args["max_layer"]
-            if (
-                not isinstance(cap, int | float)
-                or isinstance(cap, bool)
-                or not spec.sparsity <= cap <= 1
-            ):
-                return (
-                    f"max_layer = {cap!r}: must be a number in [sparsity, 1] "
-                    f"(sparsity = {spec.sparsity})"
-                )
-        return None
-
-    @abstractmethod
     def scores(self, model: nn.Module, ctx: PruneContext) -> Mapping[nn.Module, torch.Tensor]:
-        """Importance per weight (same shape as ``module.weight``); lowest is pruned first."""
+        """The criterion's importance per weight (same shape as ``module.weight``)."""
+        return type(self).criterion(model, ctx, self.args)
 
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
         modules = [m for _, m in prunable_modules(model)]
@@ -185,7 +395,7 @@ class MaskPruner(Pruner):
                     s[mask == 0] = -torch.inf  # keep what is pruned pruned
                 ranked[m] = s
             if self.spec.scope == "global":
-                cap = self.spec.args.get("max_layer") if self.layer_cap else None
+                cap = self.args.max_layer
                 if cap is None:
                     keep = _keep_mask(torch.cat([ranked[m].flatten() for m in modules]), target)
                 else:
@@ -204,10 +414,7 @@ class MaskPruner(Pruner):
         return model
 
     def finalize(self, model: nn.Module) -> nn.Module:
-        for _, m in prunable_modules(model):
-            if prune.is_pruned(m) and hasattr(m, "weight_mask"):
-                prune.remove(m, "weight")
-        return model
+        return remove_masks(model)
 
 
 def lowest_within_caps(

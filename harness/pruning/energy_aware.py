@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 import torch
 import torch_pruning as tp
@@ -71,20 +71,22 @@ from torch_pruning.pruner import function
 from harness.energy import COSTS_PJ, LayerTrace, layer_traces, weight_cost_pj
 from harness.pruning.base import (
     PRUNABLE,
+    GradientArgs,
+    IgnoreArgs,
     PruneContext,
     Pruner,
     ignored_layers,
     lowest_within_caps,
-    module_names_problem,
-    positive_int_problem,
+    non_negative,
     ratio_of_remaining,
     weight,
 )
 from harness.pruning.registry import register
-from harness.pruning.structured import accumulate_gradients
+from harness.pruning.structured import store_gradients
+from harness.schema import option
 from harness.spec import PruneSpec
 
-IMPORTANCES = ("magnitude", "taylor")
+BaseImportance = Literal["magnitude", "taylor"]
 MAX_LAYER_RATIO = 0.95  # a layer keeps at least max(1, ceil(5 %)) of its first-round units
 _OUT = (
     function.prune_linear_out_channels,
@@ -92,6 +94,15 @@ _OUT = (
     function.prune_depthwise_conv_out_channels,
 )
 _IN = (function.prune_linear_in_channels, function.prune_conv_in_channels)
+
+
+@dataclass(frozen=True)
+class EnergyAwareArgs(IgnoreArgs, GradientArgs):
+    """The base ``importance`` (its Taylor gradients over ``batches`` mini-batches of
+    ``batch_size`` training rows), the ``energy_exponent`` ``beta``; ``ignore``."""
+
+    importance: BaseImportance = "magnitude"
+    energy_exponent: float = option(1.0, check=non_negative)
 
 
 def group_energy_saved(group: Any, traces: Mapping[nn.Module, LayerTrace]) -> torch.Tensor:
@@ -131,7 +142,7 @@ class EnergyAwareImportance(tp.importance.Importance):
         self,
         base: tp.importance.Importance,
         traces: Mapping[nn.Module, LayerTrace],
-        exponent: float = 1.0,
+        exponent: float = EnergyAwareArgs.energy_exponent,
     ) -> None:
         self.base = base
         self.traces = traces
@@ -161,7 +172,7 @@ def unit_energy_saved(model: nn.Module, example: torch.Tensor, layer: nn.Module)
     return group_energy_saved(group, layer_traces(model, example))
 
 
-def _base_importance(kind: str) -> tp.importance.Importance:
+def _base_importance(kind: BaseImportance) -> tp.importance.Importance:
     if kind == "taylor":
         return tp.importance.GroupTaylorImportance(normalizer=None)
     return tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
@@ -176,63 +187,39 @@ class EnergyAwarePruner(Pruner):
         "Energy-Aware Pruning; Horowitz 2014, Computing's energy problem"
     )
     structured = True
-    arg_names: ClassVar[tuple[str, ...]] = (
-        "importance",
-        "energy_exponent",
-        "ignore",
-        "batches",
-        "batch_size",
-    )
+    Args = EnergyAwareArgs
+    args: EnergyAwareArgs
 
     def __init__(self, spec: PruneSpec) -> None:
         super().__init__(spec)
         self.reached = 0.0
         self.initial: dict[str, int] = {}  # units of each layer at the first round
 
-    @classmethod
-    def check(cls, spec: PruneSpec) -> str | None:
-        if (problem := super().check(spec)) is not None:
-            return problem
-        kind = spec.args.get("importance", "magnitude")
-        if kind not in IMPORTANCES:
-            return f"importance = {kind!r}: must be one of {', '.join(IMPORTANCES)}"
-        beta = spec.args.get("energy_exponent", 1.0)
-        if (
-            not isinstance(beta, int | float)
-            or isinstance(beta, bool)
-            or not math.isfinite(beta)
-            or beta < 0
-        ):
-            return f"energy_exponent = {beta!r}: must be a number >= 0"
-        return module_names_problem(spec.args) or positive_int_problem(
-            spec.args, "batches", "batch_size"
-        )
-
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
         ratio = ratio_of_remaining(self.reached, target)
         self.reached = target
         if ratio <= 0:
             return model
-        kind = self.spec.args.get("importance", "magnitude")
+        kind = self.args.importance
         if kind == "taylor":
-            used = accumulate_gradients(
+            used = store_gradients(
                 model,
                 torch.as_tensor(ctx.X_train, dtype=torch.float32),
                 torch.as_tensor(ctx.y_train, dtype=torch.long),
-                batches=int(self.spec.args.get("batches", 8)),
-                batch_size=int(self.spec.args.get("batch_size", 128)),
+                batches=self.args.batches,
+                batch_size=self.args.batch_size,
             )
             if not used:
                 raise ValueError("taylor importance needs training samples")
         importance = EnergyAwareImportance(
             _base_importance(kind),
             layer_traces(model, ctx.example),
-            float(self.spec.args.get("energy_exponent", 1.0)),
+            self.args.energy_exponent,
         )
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=ctx.example[:1])
         names = {m: n for n, m in model.named_modules()}
         scored: list[_Scored] = []
-        ignored = ignored_layers(model, self.spec.args.get("ignore", []))
+        ignored = ignored_layers(model, self.args.ignore)
         for group in dg.get_all_groups(ignored_layers=ignored):
             scores = importance(group)
             if scores is None:

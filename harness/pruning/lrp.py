@@ -50,28 +50,37 @@ The relevance is computed on a deep copy of the model in evaluation mode: captum
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from harness.pruning.base import (
+    IgnoreArgs,
     PruneContext,
-    module_names_problem,
-    positive_int_problem,
+    count,
+    non_negative,
     prunable_modules,
 )
 from harness.pruning.registry import register
-from harness.pruning.structured import StructuredMagnitudePruner
-from harness.spec import PruneSpec
+from harness.pruning.structured import StructuralPruner
+from harness.schema import option
 
 STABILIZER = 1e-9  # captum's PropagationRule.STABILITY_FACTOR: the smallest epsilon used
 _RELU_LIKE = (nn.ReLU, nn.Dropout, nn.Tanh)  # captum passes relevance through these
 _RESHAPES = (nn.Flatten, nn.Unflatten)
 _BATCH = 256  # reference rows explained per captum call
+
+
+@dataclass(frozen=True)
+class LRPArgs(IgnoreArgs):
+    """``n_samples`` reference rows, the ``epsilon`` of the LRP-epsilon rule; ``ignore``."""
+
+    n_samples: int = option(256, check=count)
+    epsilon: float = option(1e-6, check=non_negative)
 
 
 def _reshape_rule(epsilon: float) -> Any:
@@ -118,7 +127,7 @@ def layer_relevance(
     X: torch.Tensor,
     target: torch.Tensor,
     *,
-    epsilon: float = 1e-6,
+    epsilon: float = LRPArgs.epsilon,
     batch_size: int = _BATCH,
 ) -> dict[str, torch.Tensor]:
     """LRP relevance at the output of every prunable layer, per sample.
@@ -162,7 +171,7 @@ def unit_scores(
     X: torch.Tensor,
     target: torch.Tensor,
     *,
-    epsilon: float = 1e-6,
+    epsilon: float = LRPArgs.epsilon,
     normalize: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Relevance of every unit of every prunable layer: ``R_k = sum_x sum_t R_{k,t}(x)``,
@@ -197,39 +206,30 @@ class RelevanceImportance(tp.importance.Importance):
         return score[torch.as_tensor(list(idxs), dtype=torch.long)].float()
 
 
+def lrp_scores(model: nn.Module, ctx: PruneContext, args: LRPArgs) -> dict[str, torch.Tensor]:
+    """Normalized relevance per unit of every prunable layer, by layer name
+    (:func:`unit_scores` over the first ``n_samples`` rows of the training fold)."""
+    return unit_scores(
+        model,
+        torch.as_tensor(ctx.X_train[: args.n_samples]),
+        torch.as_tensor(ctx.y_train[: args.n_samples]),
+        epsilon=args.epsilon,
+    )
+
+
+def lrp_importance(model: nn.Module, ctx: PruneContext, args: LRPArgs) -> RelevanceImportance:
+    """:class:`RelevanceImportance` of the :func:`lrp_scores`."""
+    scores = lrp_scores(model, ctx, args)
+    return RelevanceImportance({m: scores[n] for n, m in prunable_modules(model)})
+
+
 @register
-class LRPPruner(StructuredMagnitudePruner):
+class LRPPruner(StructuralPruner):
     name = "lrp"
     summary = "Structured: remove whole neurons/channels of least LRP relevance (dependency graph)."
     reference = (
         "Yeom et al. 2021, Pruning by explaining: A novel criterion for deep neural network pruning"
     )
-    arg_names: ClassVar[tuple[str, ...]] = ("n_samples", "epsilon", "ignore")
-
-    @classmethod
-    def check(cls, spec: PruneSpec) -> str | None:
-        # the generic key check of Pruner, not the parent's norm check
-        if (problem := super(StructuredMagnitudePruner, cls).check(spec)) is not None:
-            return problem
-        if (problem := positive_int_problem(spec.args, "n_samples")) is not None:
-            return problem
-        eps = spec.args.get("epsilon", 1e-6)
-        if not isinstance(eps, int | float) or isinstance(eps, bool) or not math.isfinite(eps):
-            return f"epsilon = {eps!r}: must be a finite number >= 0"
-        if eps < 0:
-            return f"epsilon = {eps!r}: must be a finite number >= 0"
-        return module_names_problem(spec.args)
-
-    def scores(self, model: nn.Module, ctx: PruneContext) -> dict[str, torch.Tensor]:
-        """Normalized relevance per unit of every prunable layer, by layer name."""
-        n = int(self.spec.args.get("n_samples", 256))
-        return unit_scores(
-            model,
-            torch.as_tensor(ctx.X_train[:n]),
-            torch.as_tensor(ctx.y_train[:n]),
-            epsilon=float(self.spec.args.get("epsilon", 1e-6)),
-        )
-
-    def importance(self, model: nn.Module, ctx: PruneContext) -> Any:
-        scores = self.scores(model, ctx)
-        return RelevanceImportance({m: scores[n] for n, m in prunable_modules(model)})
+    Args = LRPArgs
+    args: LRPArgs
+    importance = staticmethod(lrp_importance)

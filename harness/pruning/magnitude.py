@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
-from harness.pruning.base import MaskPruner, PruneContext, prunable_modules, weight
+from harness.pruning.base import MaskArgs, MaskPruner, PruneContext, prunable_modules, weight
 from harness.pruning.registry import register
+
+
+def magnitude_scores(
+    model: nn.Module, ctx: PruneContext, args: MaskArgs
+) -> dict[nn.Module, torch.Tensor]:
+    """``|w|`` per weight of every prunable layer."""
+    return {m: weight(m).abs() for _, m in prunable_modules(model)}
 
 
 @register
@@ -18,6 +23,4 @@ class MagnitudePruner(MaskPruner):
     reference = (
         "Han et al. 2015, Learning both Weights and Connections for Efficient Neural Networks"
     )
-
-    def scores(self, model: nn.Module, ctx: PruneContext) -> Mapping[nn.Module, torch.Tensor]:
-        return {m: weight(m).abs() for _, m in prunable_modules(model)}
+    criterion = staticmethod(magnitude_scores)

@@ -47,22 +47,42 @@ model only justifies for infinitesimal changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
-from harness.pruning.base import MaskPruner, PruneContext, prunable_modules, weight
+from harness.pruning.base import (
+    MaskArgs,
+    MaskPruner,
+    PruneContext,
+    accumulate_gradients,
+    count,
+    prunable_modules,
+    weight,
+)
 from harness.pruning.registry import register
-from harness.spec import PruneSpec
+from harness.schema import option
 
-HESSIANS = ("exact", "hutchinson", "fisher", "auto")
-DEFAULTS: dict[str, Any] = {"hessian": "auto", "samples": 16, "n_samples": 512, "max_exact": 4096}
+Hessian = Literal["exact", "hutchinson", "fisher", "auto"]
+HESSIANS: tuple[str, ...] = get_args(Hessian)
 
 Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class OBDArgs(MaskArgs):
+    """The Hessian-diagonal estimator and its sizes (module docstring); ``max_layer``."""
+
+    hessian: Hessian = "auto"
+    samples: int = option(16, check=count)  # Hutchinson probes
+    n_samples: int = option(512, check=count)  # training rows the loss is taken over
+    max_exact: int = option(4096, check=count)  # largest layer of the exact diagonal
 
 
 def _leaf_key(name: str, module: nn.Module) -> str:
@@ -168,7 +188,7 @@ def hutchinson_diagonal(
     y: torch.Tensor,
     layers: Sequence[nn.Module] | None = None,
     *,
-    samples: int = 16,
+    samples: int = OBDArgs.samples,
     seed: int = 0,
     chunk: int = 64,
 ) -> dict[nn.Module, torch.Tensor]:
@@ -211,19 +231,20 @@ def fisher_diagonal(
     per-sample gradients by ``vmap(grad)``, ``chunk`` samples at a time."""
     chosen = _layers(model, layers)
     with _scoring(model):
-        base = _base(chosen)
-
-        def sample_loss(params: Params, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out = functional_call(model, {**base, **params}, (x.unsqueeze(0),))
-            return nn.functional.cross_entropy(out, t.unsqueeze(0))
-
-        per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
-        totals = {key: torch.zeros_like(w) for key, w in base.items()}
-        for start in range(0, len(X), chunk):
-            grads = per_sample(base, X[start : start + chunk], y[start : start + chunk])
-            for key in totals:
-                totals[key] += (grads[key].detach() ** 2).sum(0)
-    return {m: totals[key] / max(len(X), 1) for _, m, key in chosen}
+        summed = accumulate_gradients(
+            model,
+            X,
+            y,
+            [_leaf(m) for _, m, _ in chosen],
+            batches=math.ceil(len(X) / chunk),
+            batch_size=chunk,
+            per_sample=True,
+            term=lambda i, g: (g.detach() ** 2).sum(0),
+        )
+    return {
+        m: (torch.zeros_like(_leaf(m)) if s is None else s) / max(len(X), 1)
+        for (_, m, _), s in zip(chosen, summed.sums, strict=True)
+    }
 
 
 def hessian_diagonal(
@@ -231,9 +252,9 @@ def hessian_diagonal(
     X: torch.Tensor,
     y: torch.Tensor,
     *,
-    hessian: str = "auto",
-    samples: int = 16,
-    max_exact: int = 4096,
+    hessian: str = OBDArgs.hessian,
+    samples: int = OBDArgs.samples,
+    max_exact: int = OBDArgs.max_exact,
     seed: int = 0,
 ) -> dict[nn.Module, torch.Tensor]:
     """Signed Hessian-diagonal estimate per prunable layer with the chosen estimator (module doc).
@@ -271,9 +292,9 @@ def obd_saliency(
     X: torch.Tensor,
     y: torch.Tensor,
     *,
-    hessian: str = "auto",
-    samples: int = 16,
-    max_exact: int = 4096,
+    hessian: str = OBDArgs.hessian,
+    samples: int = OBDArgs.samples,
+    max_exact: int = OBDArgs.max_exact,
     seed: int = 0,
 ) -> dict[nn.Module, torch.Tensor]:
     """OBD saliency ``1/2 * |h_ii| * w_i ** 2`` per weight of every prunable layer (``w`` the
@@ -287,6 +308,24 @@ def obd_saliency(
     }
 
 
+def obd_criterion(
+    model: nn.Module, ctx: PruneContext, args: OBDArgs
+) -> dict[nn.Module, torch.Tensor]:
+    """:func:`obd_saliency` over the first ``n_samples`` rows of the training fold, Hutchinson
+    probes seeded with the fold's seed."""
+    X = torch.as_tensor(ctx.X_train[: args.n_samples])
+    y = torch.as_tensor(ctx.y_train[: args.n_samples]).long()
+    return obd_saliency(
+        model,
+        X,
+        y,
+        hessian=args.hessian,
+        samples=args.samples,
+        max_exact=args.max_exact,
+        seed=ctx.seed,
+    )
+
+
 @register
 class OBDPruner(MaskPruner):
     """Optimal Brain Damage: prune the weights of least ``1/2 * |h_ii| * w_i ** 2``."""
@@ -294,34 +333,6 @@ class OBDPruner(MaskPruner):
     name = "obd"
     summary = "Unstructured: remove weights of least OBD saliency h_ii*w^2/2 (Hessian diagonal)."
     reference = "LeCun, Denker & Solla 1990, Optimal Brain Damage"
-    arg_names: ClassVar[tuple[str, ...]] = ("hessian", "samples", "n_samples", "max_exact")
-
-    @classmethod
-    def check(cls, spec: PruneSpec) -> str | None:
-        if (problem := super().check(spec)) is not None:
-            return problem
-        hessian = spec.args.get("hessian", DEFAULTS["hessian"])
-        if hessian not in HESSIANS:
-            return f"hessian = {hessian!r}: must be one of {', '.join(HESSIANS)}"
-        for key in ("samples", "n_samples", "max_exact"):
-            value = spec.args.get(key, DEFAULTS[key])
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                return f"{key} = {value!r}: must be a positive integer"
-        return None
-
-    def arg(self, key: str) -> Any:
-        return self.spec.args.get(key, DEFAULTS[key])
-
-    def scores(self, model: nn.Module, ctx: PruneContext) -> Mapping[nn.Module, torch.Tensor]:
-        n = int(self.arg("n_samples"))
-        X = torch.as_tensor(ctx.X_train[:n])
-        y = torch.as_tensor(ctx.y_train[:n]).long()
-        return obd_saliency(
-            model,
-            X,
-            y,
-            hessian=str(self.arg("hessian")),
-            samples=int(self.arg("samples")),
-            max_exact=int(self.arg("max_exact")),
-            seed=ctx.seed,
-        )
+    Args = OBDArgs
+    args: OBDArgs
+    criterion = staticmethod(obd_criterion)

@@ -56,7 +56,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -64,14 +63,17 @@ from torch import nn
 from torch.nn.utils import prune
 
 from harness.pruning.base import (
-    MaskPruner,
     PruneContext,
-    positive_int_problem,
+    Pruner,
+    PrunerArgs,
+    count,
+    positive,
     prunable_modules,
+    remove_masks,
     weight,
 )
 from harness.pruning.registry import register
-from harness.spec import PruneSpec
+from harness.schema import option
 
 _CHUNK_BYTES = 1 << 27  # per-row inverses held at once (float64)
 _COMPACT = 0.75  # compact the inverses once the largest row keeps at most this fraction
@@ -370,42 +372,35 @@ class _Layer:
     energy: float  # ||W X||^2 / n
 
 
+@dataclass(frozen=True)
+class OBSArgs(PrunerArgs):
+    """Calibration rows and the Hessian's relative dampening (module docstring)."""
+
+    n_samples: int = option(512, check=count)
+    damp: float = option(0.01, check=positive)
+
+
 @register
-class OBSPruner(MaskPruner):
+class OBSPruner(Pruner):
+    """Layer-wise OBS with OBC's greedy per row (module docstring); its own global allocation
+    (relative reconstruction errors), so no ``max_layer``."""
+
     name = "obs"
     summary = "Unstructured: layer-wise Optimal Brain Surgeon (OBC greedy per row, weight update)."
     reference = (
         "Hassibi & Stork 1993, Second order derivatives for network pruning: Optimal Brain "
         "Surgeon; Frantar & Alistarh 2022, Optimal Brain Compression"
     )
-    arg_names: ClassVar[tuple[str, ...]] = ("n_samples", "damp")
-    layer_cap = False  # its own global allocation (relative reconstruction errors)
-
-    @classmethod
-    def check(cls, spec: PruneSpec) -> str | None:
-        if (problem := super().check(spec)) is not None:
-            return problem
-        if (problem := positive_int_problem(spec.args, "n_samples")) is not None:
-            return problem
-        damp = spec.args.get("damp", 0.01)
-        if (
-            not isinstance(damp, int | float)
-            or isinstance(damp, bool)
-            or not math.isfinite(damp)
-            or damp <= 0
-        ):
-            return f"damp = {damp!r}: must be a number > 0"
-        return None
+    Args = OBSArgs
+    args: OBSArgs
 
     def _layers(self, model: nn.Module, ctx: PruneContext) -> list[_Layer]:
         named = prunable_modules(model)
         for name, m in named:
             if (problem := layer_problem(name, m)) is not None:
                 raise ValueError(f"obs: {problem}")
-        n_samples = int(self.spec.args.get("n_samples", 512))
-        damp = float(self.spec.args.get("damp", 0.01))
         dtype = weight(named[0][1]).dtype if named else torch.float32
-        X = torch.as_tensor(ctx.X_train[:n_samples]).to(dtype)
+        X = torch.as_tensor(ctx.X_train[: self.args.n_samples]).to(dtype)
         stats = collect_inputs(model, [m for _, m in named], X)
         out = []
         for name, m in named:
@@ -422,7 +417,7 @@ class OBSPruner(MaskPruner):
                 else torch.zeros_like(W, dtype=torch.bool)
             )
             energy = reconstruction_error(W, torch.zeros_like(W), stats[m].xtx, stats[m].n)
-            out.append(_Layer(m, W, hessian(stats[m], damp), removed, energy))
+            out.append(_Layer(m, W, hessian(stats[m], self.args.damp), removed, energy))
         return out
 
     def scores(self, model: nn.Module, ctx: PruneContext) -> Mapping[nn.Module, torch.Tensor]:
@@ -446,6 +441,9 @@ class OBSPruner(MaskPruner):
             for layer, removed in zip(layers, masks, strict=True):
                 _apply(layer.module, obs_refit(layer.W, layer.H, ~removed), ~removed)
         return model
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        return remove_masks(model)
 
     @staticmethod
     def _layer_scope(layer: _Layer, target: float) -> torch.Tensor:

@@ -20,20 +20,55 @@ sparsity are removed. Later rounds of an iterative schedule prune without regula
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from harness.pruning.base import MaskPruner, PruneContext, prunable_modules, weight
+from harness.pruning.base import (
+    IgnoreArgs,
+    MaskArgs,
+    MaskPruner,
+    PruneContext,
+    PrunerArgs,
+    count,
+    non_negative,
+    positive,
+    prunable_modules,
+    weight,
+)
+from harness.pruning.magnitude import magnitude_scores
 from harness.pruning.registry import register
-from harness.pruning.structured import StructuredMagnitudePruner
+from harness.pruning.structured import StructuralPruner
+from harness.schema import option
 from harness.spec import PruneSpec, TrainSpec
 
-_ARGS = ("strength", "epochs", "lr")
-_DEFAULT_STRENGTH = {"l1": 1e-4, "l2": 1e-3, "group-lasso": 1e-3}
+
+@dataclass(frozen=True)
+class RegularizedArgs(PrunerArgs):
+    """The regularized training phase: penalty ``strength``, ``epochs``, Adam's ``lr``."""
+
+    strength: float = option(1e-3, check=non_negative)
+    epochs: int = option(10, check=count)
+    lr: float = option(1e-3, check=positive)
+
+
+@dataclass(frozen=True)
+class L2Args(MaskArgs, RegularizedArgs):
+    """``strength``, ``epochs``, ``lr``; ``max_layer``."""
+
+
+@dataclass(frozen=True)
+class L1Args(L2Args):
+    """``strength`` 1e-4 by default (L2's: 1e-3); ``epochs``, ``lr``; ``max_layer``."""
+
+    strength: float = option(1e-4, check=non_negative)
+
+
+@dataclass(frozen=True)
+class GroupLassoArgs(IgnoreArgs, RegularizedArgs):
+    """``strength``, ``epochs``, ``lr``; ``ignore``."""
 
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
@@ -57,37 +92,32 @@ def group_lasso_penalty(model: nn.Module) -> torch.Tensor:
 PENALTIES = {"l1": l1_penalty, "l2": l2_penalty, "group-lasso": group_lasso_penalty}
 
 
-def _check_args(spec: PruneSpec) -> str | None:
-    strength = spec.args.get("strength", 1e-3)
-    if not isinstance(strength, int | float) or isinstance(strength, bool) or strength < 0:
-        return f"strength = {strength!r}: must be a number >= 0"
-    epochs = spec.args.get("epochs", 1)
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        return f"epochs = {epochs!r}: must be a positive integer"
-    lr = spec.args.get("lr", 1e-3)
-    if not isinstance(lr, int | float) or isinstance(lr, bool) or not 0 < lr < math.inf:
-        return f"lr = {lr!r}: must be a number > 0"
-    return None
+def l2_norm_importance(model: nn.Module, ctx: PruneContext, args: GroupLassoArgs) -> Any:
+    """Torch-Pruning's ``GroupMagnitudeImportance(p=2)``: what the group lasso shrinks."""
+    import torch_pruning as tp
+
+    return tp.importance.GroupMagnitudeImportance(p=2)
 
 
 class _Regularize:
     """Mixin: the regularized training phase, run once before the first pruning round."""
 
     spec: PruneSpec
+    args: RegularizedArgs
     name: ClassVar[str]
 
     def regularize(self, model: nn.Module, ctx: PruneContext) -> None:
         if getattr(self, "_done", False):
             return
         self._done = True
-        strength = float(self.spec.args.get("strength", _DEFAULT_STRENGTH[self.name]))
+        strength = self.args.strength
         if strength == 0:
             return
         base = ctx.train or TrainSpec()
         spec = replace(
             base,
-            epochs=int(self.spec.args.get("epochs", 10)),
-            lr=float(self.spec.args.get("lr", 1e-3)),
+            epochs=self.args.epochs,
+            lr=self.args.lr,
             optimizer="adam",
             scheduler="cosine",
             weight_decay=0.0,
@@ -106,18 +136,14 @@ class _Regularize:
 
 
 class _UnstructuredRegularized(_Regularize, MaskPruner):
-    arg_names: ClassVar[tuple[str, ...]] = _ARGS
+    """Magnitude masks after the regularized training."""
 
-    @classmethod
-    def check(cls, spec: PruneSpec) -> str | None:
-        return super().check(spec) or _check_args(spec)
+    args: L2Args
+    criterion = staticmethod(magnitude_scores)
 
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
         self.regularize(model, ctx)
         return super().step(model, target, ctx)
-
-    def scores(self, model: nn.Module, ctx: PruneContext) -> Mapping[nn.Module, torch.Tensor]:
-        return {m: weight(m).abs() for _, m in prunable_modules(model)}
 
 
 @register
@@ -125,6 +151,8 @@ class L1Pruner(_UnstructuredRegularized):
     name = "l1"
     summary = "Unstructured: train with an L1 penalty, then remove weights below the threshold."
     reference = "Han et al. 2015, Learning both Weights and Connections (L1/L2 regularization)"
+    Args = L1Args
+    args: L1Args
 
 
 @register
@@ -132,25 +160,18 @@ class L2Pruner(_UnstructuredRegularized):
     name = "l2"
     summary = "Unstructured: train with an L2 penalty, then remove weights below the threshold."
     reference = "Han et al. 2015, Learning both Weights and Connections (L1/L2 regularization)"
+    Args = L2Args
 
 
 @register
-class GroupLassoPruner(_Regularize, StructuredMagnitudePruner):
+class GroupLassoPruner(_Regularize, StructuralPruner):
     name = "group-lasso"
     summary = "Structured: train with a group-lasso penalty per neuron/channel, remove weak ones."
     reference = "Wen et al. 2016, Learning Structured Sparsity in Deep Neural Networks"
-    arg_names: ClassVar[tuple[str, ...]] = (*_ARGS, "ignore")
-
-    @classmethod
-    def check(cls, spec: PruneSpec) -> str | None:
-        # the generic key check of Pruner, not the parent's norm check
-        return super(StructuredMagnitudePruner, cls).check(spec) or _check_args(spec)
+    Args = GroupLassoArgs
+    args: GroupLassoArgs
+    importance = staticmethod(l2_norm_importance)
 
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
         self.regularize(model, ctx)
         return super().step(model, target, ctx)
-
-    def importance(self, model: nn.Module, ctx: PruneContext) -> Any:
-        import torch_pruning as tp
-
-        return tp.importance.GroupMagnitudeImportance(p=2)

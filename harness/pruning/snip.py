@@ -10,22 +10,34 @@ paper writes it, does not change the ranking and is skipped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from harness.pruning.base import (
+    GradientArgs,
+    MaskArgs,
     MaskPruner,
+    Problems,
     PruneContext,
+    PrunerArgs,
+    accumulate_gradients,
+    count,
     leaf_weight,
-    positive_int_problem,
     prunable_modules,
     weight,
 )
 from harness.pruning.registry import register
+from harness.schema import option
 from harness.spec import PruneSpec
+
+
+@dataclass(frozen=True)
+class SnipArgs(MaskArgs, GradientArgs):
+    """One mini-batch by default, as in the paper; ``max_layer``."""
+
+    batches: int = option(1, check=count)
 
 
 def snip_scores(
@@ -34,17 +46,26 @@ def snip_scores(
     """``|dL/dw * w|`` per weight of every prunable layer, ``L`` the mean loss over the batches."""
     layers = [m for _, m in prunable_modules(model)]
     params = [leaf_weight(m) for m in layers]
-    starts = list(range(0, min(len(X), batches * batch_size), batch_size))
-    was_training = model.training
-    model.eval()
-    grads = [torch.zeros_like(p) for p in params]
-    for start in starts:
-        xb, yb = X[start : start + batch_size], y[start : start + batch_size]
-        loss = nn.functional.cross_entropy(model(xb), yb) / len(starts)
-        for total, g in zip(grads, torch.autograd.grad(loss, params), strict=True):
-            total += g
-    model.train(was_training)
+    summed = accumulate_gradients(
+        model, X, y, params, batches=batches, batch_size=batch_size, mean=True
+    )
+    grads = [
+        torch.zeros_like(p) if g is None else g for p, g in zip(params, summed.sums, strict=True)
+    ]
     return {m: (g * weight(m).detach()).abs() for m, g in zip(layers, grads, strict=True)}
+
+
+def snip_criterion(
+    model: nn.Module, ctx: PruneContext, args: SnipArgs
+) -> dict[nn.Module, torch.Tensor]:
+    """:func:`snip_scores` on the training fold."""
+    return snip_scores(
+        model,
+        torch.as_tensor(ctx.X_train),
+        torch.as_tensor(ctx.y_train),
+        batches=args.batches,
+        batch_size=args.batch_size,
+    )
 
 
 @register
@@ -53,24 +74,12 @@ class SnipPruner(MaskPruner):
     summary = "Unstructured, at initialization: remove connections of least sensitivity |g*w|."
     reference = "Lee et al. 2019, SNIP: Single-shot Network Pruning based on Connection Sensitivity"
     at_init = True
-    arg_names: ClassVar[tuple[str, ...]] = ("batches", "batch_size")
+    Args = SnipArgs
+    args: SnipArgs
+    criterion = staticmethod(snip_criterion)
 
     @classmethod
-    def check(cls, spec: PruneSpec) -> str | None:
-        if (problem := super().check(spec)) is not None:
-            return problem
+    def spec_problems(cls, spec: PruneSpec, args: PrunerArgs) -> Problems:
+        yield from super().spec_problems(spec, args)
         if spec.schedule != "oneshot":
-            return f"schedule = {spec.schedule!r}: SNIP prunes once, at initialization"
-        if (problem := positive_int_problem(spec.args, *cls.arg_names)) is not None:
-            return problem
-        return None
-
-    def scores(self, model: nn.Module, ctx: PruneContext) -> Mapping[nn.Module, torch.Tensor]:
-        with torch.enable_grad():
-            return snip_scores(
-                model,
-                torch.as_tensor(ctx.X_train),
-                torch.as_tensor(ctx.y_train),
-                batches=int(self.spec.args.get("batches", 1)),
-                batch_size=int(self.spec.args.get("batch_size", 128)),
-            )
+            yield "schedule", spec.schedule, "SNIP prunes once, at initialization"

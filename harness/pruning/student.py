@@ -14,16 +14,28 @@ the largest factor whose student has at most ``1 - sparsity`` of the dense param
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-from harness.pruning.base import PruneContext, Pruner
+from harness.pruning.base import Problems, PruneContext, Pruner, PrunerArgs, positive, unit
 from harness.pruning.registry import register
+from harness.schema import option
 from harness.spec import DistillSpec, PruneSpec
 
 WIDTH_KEYS = ("hidden", "channels")
 _DEFAULT_WIDTHS = {"hidden": [256, 128], "channels": [32, 32, 32]}
+
+
+@dataclass(frozen=True)
+class StudentArgs(PrunerArgs):
+    """The student's ``model_args`` (empty: scaled widths) and the distillation's
+    ``temperature`` and ``alpha`` (module docstring)."""
+
+    model_args: Mapping[str, Any] = option(default_factory=dict)
+    temperature: float = option(4.0, check=positive)
+    alpha: float = option(0.7, check=unit)
 
 
 def _params(model: nn.Module) -> int:
@@ -61,32 +73,19 @@ class StudentPruner(Pruner):
     summary = "Structured baseline: distill the dense model into a narrower one from scratch."
     reference = "Hinton et al. 2015, Distilling the Knowledge in a Neural Network"
     structured = True
-    arg_names: ClassVar[tuple[str, ...]] = ("model_args", "temperature", "alpha")
+    Args = StudentArgs
+    args: StudentArgs
 
     @classmethod
-    def check(cls, spec: PruneSpec) -> str | None:
-        if (problem := super().check(spec)) is not None:
-            return problem
+    def spec_problems(cls, spec: PruneSpec, args: PrunerArgs) -> Problems:
         if spec.schedule != "oneshot":
-            return f"schedule = {spec.schedule!r}: the student is trained once"
-        model_args = spec.args.get("model_args", {})
-        if not isinstance(model_args, dict):
-            return f"model_args = {model_args!r}: must be a table"
-        temperature = spec.args.get("temperature", 4.0)
-        if not isinstance(temperature, int | float) or isinstance(temperature, bool):
-            return f"temperature = {temperature!r}: must be a number > 0"
-        if temperature <= 0:
-            return f"temperature = {temperature!r}: must be a number > 0"
-        alpha = spec.args.get("alpha", 0.7)
-        if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
-            return f"alpha = {alpha!r}: must be a number in [0, 1]"
-        return None
+            yield "schedule", spec.schedule, "the student is trained once"
 
     def student_args(self, ctx: PruneContext) -> dict[str, Any]:
         """The student's ``model_args`` overrides (explicit, or scaled widths)."""
         if ctx.build is None or ctx.teacher is None:
             raise ValueError("the student needs the suite's model builder and the dense teacher")
-        explicit = self.spec.args.get("model_args")
+        explicit = self.args.model_args
         if explicit:
             return dict(explicit)
         for key in WIDTH_KEYS:
@@ -114,8 +113,8 @@ class StudentPruner(Pruner):
             seed=ctx.seed,
             teacher=ctx.teacher,
             distill=DistillSpec(
-                temperature=float(self.spec.args.get("temperature", 4.0)),
-                alpha=float(self.spec.args.get("alpha", 0.7)),
+                temperature=self.args.temperature,
+                alpha=self.args.alpha,
             ),
         )
         return student

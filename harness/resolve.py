@@ -1,0 +1,112 @@
+"""Resolution: a structurally valid spec (:mod:`harness.spec`) checked against the real things it
+names: the dataset loads, the model factory imports and builds for it, the folds fit the
+smallest class, rule classes exist, edge sets suit the data (user files load), each case's method
+exists and its arguments fit the method's ``Args``, and ``ignore`` names real layers.
+
+Every problem is one :class:`~harness.spec.SpecError` line naming the suite file and the key, as
+for structural problems. This is the step that imports the ML stack; faces call it when they
+collect a suite, and :func:`harness.runner.run_case` before it runs one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.edgesets import parse_edge
+from harness.metricnames import rule_target
+from harness.spec import RULE_KEYS, CaseSpec, RuleSpec, SpecError, SuiteSpec
+
+__all__ = ["resolve"]
+
+
+def resolve(suite: SuiteSpec) -> SuiteSpec:
+    """Check ``suite`` against its dataset, model, methods and edge sets; returns it.
+
+    Raises
+    ------
+    SpecError
+        The first problem, naming ``suite.source`` and the key.
+    """
+    from harness.data import load_dataset
+    from harness.data import registry as data_registry
+    from harness.data.edge import check_edge
+    from harness.models import ModelError, build
+    from harness.models import resolve as import_model
+
+    source, base = suite.source, suite.base_dir
+
+    def fail(key: str, value: Any, problem: str) -> SpecError:
+        return SpecError(source, key, value, problem)
+
+    if (problem := data_registry.check(suite.dataset, suite.dataset_args, base)) is not None:
+        raise fail("suite.dataset", suite.dataset, problem)
+    ds = load_dataset(suite.dataset, suite.dataset_args, base)
+    try:
+        import_model(suite.model)
+    except ModelError as err:
+        raise fail("suite.model", suite.model, str(err)) from err
+    try:
+        model = build(suite.model, ds.n_features, ds.n_classes, suite.model_args)
+    except ModelError as err:
+        raise fail("suite.model_args", dict(suite.model_args), str(err)) from err
+    except MemoryError:
+        problem = "out of memory building the model"
+        raise fail("suite.model_args", dict(suite.model_args), problem) from None
+    smallest = data_registry.smallest_class(suite.dataset, suite.dataset_args, base)
+    if suite.folds > smallest:
+        raise fail(
+            "cv.folds", suite.folds, f"more folds than the smallest class has samples ({smallest})"
+        )
+    _check_rules(suite.gate, "gate", ds.n_classes, fail)
+    for text in suite.edge:
+        if (problem := check_edge(parse_edge(text), ds, base)) is not None:
+            raise fail("edge.sets", text, problem)
+    for case in suite.cases:
+        where = f"case[{case.name}]"
+        _check_method(case, where, source)
+        _check_ignore(case, where, model, fail)
+        _check_rules(case.gate, f"{where}.gate", ds.n_classes, fail)
+        for text in case.edge or ():
+            if (problem := check_edge(parse_edge(text), ds, base)) is not None:
+                raise fail(f"{where}.edge", text, problem)
+    return suite
+
+
+def _check_rules(rules: tuple[RuleSpec, ...], path: str, n_classes: int, fail: Any) -> None:
+    for rule in rules:
+        ref, _ = rule_target(rule.metric)
+        if isinstance(ref.cls, int) and ref.cls >= n_classes:
+            body = {k: getattr(rule, k) for k in RULE_KEYS if getattr(rule, k) is not None}
+            raise fail(f"{path}.{rule.metric}", body, f"the dataset has {n_classes} classes")
+
+
+def _check_method(case: CaseSpec, where: str, source: str) -> None:
+    from harness.pruning import registry
+
+    method = case.prune.method
+    if method not in registry.names():
+        raise SpecError(
+            source,
+            f"{where}.prune.method",
+            method,
+            f"unknown method (known: {', '.join(registry.names())})",
+        )
+    registry.get(method).parse_spec(case.prune, source=source, path=f"{where}.prune")
+
+
+def _check_ignore(case: CaseSpec, where: str, model: Any, fail: Any) -> None:
+    """Every name in ``prune.args.ignore`` is a prunable layer of the model (a typo would
+    otherwise prune the layer it meant to keep)."""
+    from harness.pruning.base import prunable_modules
+
+    names = case.prune.args.get("ignore")
+    if not isinstance(names, list | tuple):
+        return
+    known = [n for n, _ in prunable_modules(model)]
+    for name in names:
+        if name not in known:
+            raise fail(
+                f"{where}.prune.args.ignore",
+                name,
+                f"no such prunable layer (the model has: {', '.join(known)})",
+            )
