@@ -26,7 +26,7 @@ from pathlib import Path
 from harness.baseline import Baseline
 from harness.gate import evaluate
 from harness.results import CaseResult
-from harness.runner import run_case
+from harness.runner import DenseCache, run_case
 from harness.spec import POLICIES, RuleSpec, SuiteSpec, suite_from_dict
 
 SUITE = {
@@ -60,8 +60,11 @@ MARGIN = 0.01
 DEFAULT_POLICY = "threshold"
 
 
+_CACHE = DenseCache()  # dense models shared by every case of the same suite and seed
+
+
 def _run(suite: SuiteSpec, case: str, seed: int) -> CaseResult:
-    return run_case(dataclasses.replace(suite, seed=seed), suite.case(case))
+    return run_case(dataclasses.replace(suite, seed=seed), suite.case(case), cache=_CACHE)
 
 
 def _fails(result: CaseResult, baseline: Baseline, policy: str) -> bool:

@@ -93,14 +93,17 @@ CLASS_RULE = "pruned.recall.class_*"  # also reported: any class of the case fai
 
 def run_all(jobs: list[tuple[dict[str, Any], str, int]]) -> list[dict[str, Any]]:
     """In a child process: run every (suite, case, seed); results as dicts."""
-    from harness.runner import run_case
+    from harness.runner import DenseCache, run_case
     from harness.spec import suite_from_dict
+
+    cache = DenseCache()  # shared by the cases of a suite and seed
 
     out, suites = [], {}
     for data, case, seed in jobs:
         name = data["suite"]["name"]
         suite = suites[name] = suites.get(name) or suite_from_dict(data)
-        out.append(run_case(dataclasses.replace(suite, seed=seed), suite.case(case)).to_dict())
+        seeded = dataclasses.replace(suite, seed=seed)
+        out.append(run_case(seeded, suite.case(case), cache=cache).to_dict())
     return out
 
 

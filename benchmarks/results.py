@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.results import CaseResult
-from harness.runner import run_case
+from harness.runner import DenseCache, run_case
 from harness.spec import suite_from_dict
 
 
@@ -263,6 +263,7 @@ def main() -> None:
         return
     sections: list[tuple[Bench, list[dict[str, Any]]]] = []
     start = time.perf_counter()
+    cache = DenseCache()  # one dense model per benchmark and fold, for every technique
     for bench in BENCHES:
         if args.bench and bench.name not in args.bench:
             continue
@@ -274,7 +275,7 @@ def main() -> None:
             grid = bench.structured if t.structured else bench.unstructured
             suite = _suite(bench, args.folds, [_case(bench, t, s) for s in grid])
             for s, case in zip(grid, suite.cases, strict=True):
-                rows.append(_row(t, s, run_case(suite, case)))
+                rows.append(_row(t, s, run_case(suite, case, cache=cache)))
                 r = rows[-1]
                 print(
                     f"{bench.name:8s} {t.label:34s} {s:.2f} f1={r['f1']:.4f}±{r['f1_std']:.4f} "

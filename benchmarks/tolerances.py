@@ -44,11 +44,12 @@ K = 3.0
 
 def run_seed(source: str, seed: int) -> list[dict[str, Any]]:
     """In a child process: every case of the suite at ``seed``, with the suite's folds."""
-    from harness.runner import run_case
+    from harness.runner import DenseCache, run_case
 
+    cache = DenseCache()
     suite = load_suite(source)
     suite = dataclasses.replace(suite, seed=seed, fold_seed=suite.cv_seed)
-    return [run_case(suite, case).to_dict() for case in suite.cases]
+    return [run_case(suite, case, cache=cache).to_dict() for case in suite.cases]
 
 
 def _rerun(source: str, seeds: list[int]) -> dict[int, list[CaseResult]]:
