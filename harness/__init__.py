@@ -38,7 +38,7 @@ _EXPORTS = {
     "TrainSpec": "harness.spec",
     "RuleSpec": "harness.spec",
     "SpecError": "harness.spec",
-    "resolve": "harness.resolve",
+    "resolve": "harness.resolution",
     "run_case": "harness.runner",
     "DenseCache": "harness.runner",
     "CaseResult": "harness.results",

@@ -86,13 +86,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(paths: Sequence[Path], *, resolved: bool = True) -> list[SuiteSpec]:
     """Suite files, structurally valid and (``resolved``) checked against their data, model and
-    methods (:mod:`harness.resolve`)."""
+    methods (:mod:`harness.resolution`)."""
     from harness.spec import SpecError, load_suite
 
     try:
         suites = [load_suite(p) for p in paths]
         if resolved:
-            from harness.resolve import resolve
+            from harness.resolution import resolve
 
             suites = [resolve(s) for s in suites]
         return suites

@@ -1,7 +1,7 @@
 """Edge-case set declarations: the syntax (``KIND``, ``KIND:PARAM``, ``npz:PATH``), the
 parameter rules and the metric-safe names, without the generators (:mod:`harness.data.edge`
 builds the sets). Part of the torch-free core: a suite's edge sets are checked structurally
-here, against the dataset in :mod:`harness.resolve`.
+here, against the dataset in :mod:`harness.resolution`.
 """
 
 from __future__ import annotations

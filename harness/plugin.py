@@ -305,7 +305,7 @@ class SuiteFile(pytest.File):
     """A suite file; invalid files are reported as one line (no traceback)."""
 
     def collect(self) -> Any:
-        from harness.resolve import resolve
+        from harness.resolution import resolve
         from harness.spec import SpecError, load_suite
 
         try:

@@ -472,16 +472,16 @@ def run_case(
 ) -> CaseResult:
     """Run ``case`` over the suite's k folds; deterministic for the same spec, seeds and machine.
 
-    The suite is resolved first (:func:`harness.resolve.resolve`: one line for a dataset, model
+    The suite is resolved first (:func:`harness.resolution.resolve`: one line for a dataset, model
     or method argument that does not fit). Dense models come from ``cache`` (a session passes
     its own; None: trained for this call). With ``keep_models`` the pruned ``state_dict`` of
     every fold is kept in ``CaseResult.pruned_states`` (not serialized). ``time_budget``
     (seconds; the tighter of it and the suite's ``time_budget``) stops the case with
     :class:`harness._util.BudgetError`.
     """
-    from harness.resolve import resolve
+    from harness.resolution import resolve
 
-    resolve(suite)
+    suite = resolve(suite).for_case(case)  # the case's own model, if it names one
     budgets = [b for b in (time_budget, suite.time_budget) if b is not None]
     budget = min(budgets) if budgets else None
     mode = suite.numerics

@@ -66,6 +66,7 @@ class Settings:
 def flat_params(suite: SuiteSpec, case: CaseSpec) -> dict[str, str]:
     """The case spec flattened to dotted keys (MLflow params, reports)."""
     out: dict[str, str] = {}
+    suite = suite.for_case(case)  # the model the case runs
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, dict):

@@ -5,7 +5,7 @@ A suite file is TOML with a ``[suite]`` table, optional ``[cv]``, ``[train]``, `
 is data: every field declares its type and check (:mod:`harness.schema`), validated however the
 dataclass is built (a TOML file, Python, ``dataclasses.replace``), and nothing here imports the
 ML stack. Whether a spec fits the real dataset, model and method arguments is checked separately
-by :func:`harness.resolve.resolve`. Every user error is one :class:`SpecError` line naming the
+by :func:`harness.resolution.resolve`. Every user error is one :class:`SpecError` line naming the
 file, the key and the value.
 """
 
@@ -15,7 +15,7 @@ import hashlib
 import json
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -211,7 +211,7 @@ class TrainSpec:
 @dataclass(frozen=True)
 class PruneSpec:
     """Which pruning technique, how much, and on what schedule. ``args`` are the method's own
-    (checked against its ``Args`` by :func:`harness.resolve.resolve`)."""
+    (checked against its ``Args`` by :func:`harness.resolution.resolve`)."""
 
     method: str = field(metadata=checked(_dataset_ref))
     sparsity: float = field(metadata=checked(_sparsity))
@@ -274,6 +274,8 @@ class CaseSpec:
     edge: tuple[str, ...] | None = option(None, check=_edge_texts)  # None: the suite's sets
     distill: DistillSpec | None = None  # fine-tune against the dense model's soft targets
     deploy: Deploy | None = None  # "csr": sparse linear layers as torch sparse CSR
+    model: str | None = option(None, check=_reference)  # None: the suite's model
+    model_args: Mapping[str, Any] | None = None  # None: the suite's model_args
 
     def __post_init__(self) -> None:
         validate(self)
@@ -353,6 +355,17 @@ class SuiteSpec:
     def edge_sets(self, case: CaseSpec) -> tuple[str, ...]:
         return self.edge if case.edge is None else case.edge
 
+    def for_case(self, case: CaseSpec) -> SuiteSpec:
+        """The suite as ``case`` runs it: its own ``model`` / ``model_args`` where it sets them
+        (a dense model of its own), the suite's otherwise (the same object when it sets none)."""
+        if case.model is None and case.model_args is None:
+            return self
+        return replace(
+            self,
+            model=case.model if case.model is not None else self.model,
+            model_args=case.model_args if case.model_args is not None else self.model_args,
+        )
+
     def case(self, name: str) -> CaseSpec:
         for case in self.cases:
             if case.name == name:
@@ -389,7 +402,7 @@ class SuiteSpec:
         """Hash of the normalized spec that determines a case's metrics (gate rules excluded)."""
         return _digest(
             {
-                "dense": self.dense_key(),
+                "dense": self.for_case(case).dense_key(),
                 "latency": asdict(self.latency),
                 "prune": _plain(asdict(case.prune)),
                 "finetune": asdict(case.finetune) if case.finetune else None,
@@ -479,7 +492,7 @@ def _case(raw: Any, index: int, source: str, train: TrainSpec) -> CaseSpec:
 def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteSpec:
     """Validate a suite given as a dict (the parsed TOML) and build its :class:`SuiteSpec`.
 
-    Structural only: nothing is imported, loaded or built (see :func:`harness.resolve.resolve`).
+    Structural only: nothing is imported, loaded or built (see :func:`harness.resolution.resolve`).
 
     Raises
     ------

@@ -564,7 +564,7 @@ PRUNE = ("case", 0, "prune")
 def _spec_error(changes: dict[tuple, object]) -> str:
     import copy
 
-    from harness.resolve import resolve
+    from harness.resolution import resolve
     from harness.spec import SpecError, suite_from_dict
 
     data = copy.deepcopy(WINE)

@@ -44,7 +44,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "harness.checks",
         "harness.stats",
     ),
-    "resolution": ("harness.resolve",),
+    "resolution": ("harness.resolution",),
     "running": ("harness.runner",),
     "judging": ("harness.baseline", "harness.gate"),
     "output": ("harness.tracking", "harness.report"),

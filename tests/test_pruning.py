@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,6 +89,7 @@ BAD_ARGS: dict[str, dict[str, tuple[object, str]]] = {
         "grid": ([0.5, 0.2], "must be sorted ascending without repeats"),
         "calibration": (1, "must be in (0, 1)"),
         "max_layer": (0, "must be in (0, 1)"),
+        "ignore": ("2", "must be an array"),
     },
     "energy-aware": {
         "batches": (0, "must be > 0"),
@@ -106,31 +109,39 @@ BAD_ARGS: dict[str, dict[str, tuple[object, str]]] = {
         "epochs": (1.5, "must be an integer"),
         "lr": (-1e-3, "must be > 0"),
         "max_layer": (1.5, "must be in [0, 1]"),
+        "ignore": ([2], "must be an array of strings"),
     },
     "l2": {
         "strength": (-0.5, "must be >= 0"),
         "epochs": (-1, "must be > 0"),
         "lr": (True, "must be a number"),
         "max_layer": ("0.98", "must be a number"),
+        "ignore": ({"a": 1}, "must be an array"),
     },
     "lrp": {
         "ignore": ("0", "must be an array"),
         "n_samples": (2.5, "must be an integer"),
         "epsilon": (-1e-3, "must be >= 0"),
     },
-    "magnitude": {"max_layer": (True, "must be a number")},
+    "magnitude": {"max_layer": (True, "must be a number"), "ignore": ("2", "must be an array")},
     "obd": {
         "max_layer": (-0.1, "must be in [0, 1]"),
         "hessian": ("diag", "must be one of exact, hutchinson, fisher, auto"),
         "samples": (0, "must be > 0"),
         "n_samples": ("512", "must be an integer"),
         "max_exact": (True, "must be an integer"),
+        "ignore": ([True], "must be an array of strings"),
     },
-    "obs": {"n_samples": (0, "must be > 0"), "damp": (0, "must be > 0")},
+    "obs": {
+        "n_samples": (0, "must be > 0"),
+        "damp": (0, "must be > 0"),
+        "ignore": ("2", "must be an array"),
+    },
     "snip": {
         "batches": (0, "must be > 0"),
         "batch_size": (-1, "must be > 0"),
         "max_layer": (2, "must be in [0, 1]"),
+        "ignore": ([0.5], "must be an array of strings"),
     },
     "structured": {"ignore": ("0", "must be an array"), "norm": (3, "must be one of 1, 2")},
     "structured-taylor": {
@@ -147,6 +158,7 @@ BAD_ARGS: dict[str, dict[str, tuple[object, str]]] = {
         "batches": (-2, "must be > 0"),
         "batch_size": ("128", "must be an integer"),
         "max_layer": (1.01, "must be in [0, 1]"),
+        "ignore": ("0", "must be an array"),
     },
 }
 
@@ -599,3 +611,59 @@ def test_max_layer_prevents_a_layer_from_being_pruned_away() -> None:
     net = capped.step(net, 0.7, _ctx())
     assert _zeros(net) == round(0.7 * n)
     assert int((net[2].weight == 0).sum()) == round(0.9 * net[2].weight.numel())
+
+
+UNSTRUCTURED_WITH_IGNORE = ["magnitude", "taylor", "snip", "obd", "obs", "auto", "l1", "l2"]
+
+
+@pytest.mark.parametrize("method", UNSTRUCTURED_WITH_IGNORE)
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_unstructured_methods_leave_ignored_layers_dense(method: str, scope: str) -> None:
+    names = [n for n, _ in prunable_modules(_mlp())]
+    kept = names[-1]  # the classifier, the layer users most often keep dense
+    args: dict[str, Any] = {"ignore": [kept], **({"epochs": 1} if method in ("l1", "l2") else {})}
+    model, ctx = _mlp(), _ctx()
+    before = dict(zip(names, _weights(model), strict=True))
+    pruner = create(PruneSpec(method, 0.6, scope=scope, args=args))
+    model = pruner.step(model, 0.6, ctx)
+    layers = dict(prunable_modules(model))
+    assert not hasattr(layers[kept], "weight_mask")  # no mask at all on the ignored layer
+    model = pruner.finalize(model)
+    layers = dict(prunable_modules(model))
+    if method not in ("l1", "l2"):  # the regularized methods train before pruning
+        assert torch.equal(layers[kept].weight, before[kept])
+    assert int(torch.count_nonzero(layers[kept].weight)) == layers[kept].weight.numel()
+    others = [layers[n].weight for n in names if n != kept]
+    zeros = sum(int((w == 0).sum()) for w in others)
+    total = sum(w.numel() for w in others)
+    assert zeros / total == pytest.approx(0.6, abs=0.01)  # the target applies to the others
+
+
+def test_ignore_leaves_nothing_to_prune_is_refused_at_resolution(tmp_path: Path) -> None:
+    from harness.resolution import resolve
+    from harness.spec import suite_from_dict
+
+    def suite(method: str, ignore: list[str]) -> Any:
+        return suite_from_dict(
+            {
+                "suite": {"dataset": "sklearn:digits", "model_args": {"hidden": [8]}},
+                "case": [
+                    {
+                        "name": "c",
+                        "prune": {"method": method, "sparsity": 0.5, "args": {"ignore": ignore}},
+                    }
+                ],
+            },
+            source=str(tmp_path / "s.toml"),
+        )
+
+    with pytest.raises(SpecError) as info:
+        resolve(suite("magnitude", ["0", "2"]))
+    assert info.value.key == "case[c].prune.args.ignore"
+    assert info.value.problem == "names every prunable layer: nothing left to prune"
+    with pytest.raises(SpecError) as info:
+        resolve(suite("structured", ["0"]))
+    assert info.value.problem == (
+        "names every prunable layer (the classifier is always kept): nothing left to prune"
+    )
+    resolve(suite("magnitude", ["2"]))  # the classifier alone: fine

@@ -248,3 +248,30 @@ def test_the_dense_cache_drops_the_least_recently_used_beyond_its_bound(
     ds = load_dataset(run_suite.dataset, run_suite.dataset_args)
     last = make_folds(ds, run_suite.folds, seed=run_suite.cv_seed, repeats=run_suite.repeats)[-1]
     assert small.get(small.key(run_suite, ds, last)) is not None  # the last one used is kept
+
+
+def test_a_case_with_its_own_model_args_trains_and_prunes_that_model() -> None:
+    suite = suite_from_dict(
+        {
+            "suite": {"dataset": "sklearn:digits", "model_args": {"hidden": [8]}},
+            "cv": {"folds": 2},
+            "train": {"epochs": 1},
+            "latency": {"batch": 8, "warmup": 0, "repeats": 1},
+            "checks": {"properties": False, "differential": False},
+            "case": [
+                {"name": "small", "prune": {"method": "magnitude", "sparsity": 0.5}},
+                {
+                    "name": "wide",
+                    "prune": {"method": "magnitude", "sparsity": 0.5},
+                    "model_args": {"hidden": [32]},
+                },
+            ],
+        }
+    )
+    cache = DenseCache()
+    small = run_case(suite, suite.case("small"), cache=cache)
+    wide = run_case(suite, suite.case("wide"), cache=cache)
+    assert small.value("dense.params") == 64 * 8 + 8 + 8 * 10 + 10
+    assert wide.value("dense.params") == 64 * 32 + 32 + 32 * 10 + 10
+    assert cache.misses == 4 and cache.hits == 0  # two dense models per fold, none shared
+    assert wide.spec_hash == suite.spec_hash(suite.case("wide")) != small.spec_hash

@@ -24,7 +24,7 @@ import pytest
 from harness import spec
 from harness.cli import main
 from harness.data import load_dataset
-from harness.resolve import resolve
+from harness.resolution import resolve
 from harness.spec import (
     DEFAULT_RULES,
     LatencySpec,
@@ -1616,3 +1616,36 @@ def test_run_case_resolves_a_spec_built_in_python_first() -> None:
     suite = spec.suite_from_dict(_with({("case", 0, "prune", "method"): "magic"}), "<python>")
     with pytest.raises(SpecError, match=r"^<python>: case\[mag-50\]\.prune\.method = 'magic'"):
         run_case(suite, suite.cases[0])
+
+
+# --------------------------------------------------------------------------------------------
+# A case's own model
+
+
+def test_a_case_may_run_its_own_model_args_with_its_own_dense_model() -> None:
+    data = _with({("case", 1, "model_args"): {"hidden": [16]}})
+    suite = suite_from_dict(data)
+    base = suite_from_dict(copy.deepcopy(BASE))
+    own, plain = suite.cases[1], suite.cases[0]
+    assert own.model_args == {"hidden": [16]} and plain.model_args is None
+    assert suite.for_case(plain) is suite
+    assert suite.for_case(own).model_args == {"hidden": [16]}
+    assert suite.for_case(own).dense_key() != suite.dense_key()
+    assert suite.spec_hash(plain) == base.spec_hash(base.cases[0])  # the others keep theirs
+    assert suite.spec_hash(own) != base.spec_hash(base.cases[1])
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "problem"),
+    [
+        ({("case", 1, "model_args"): {"depth": 3}}, "case[struct-30].model_args", "rejected"),
+        ({("case", 1, "model"): "nowhere:mlp"}, "case[struct-30].model", "does not import"),
+        ({("case", 1, "model"): "mlp"}, "case[struct-30].model", "module:callable"),
+    ],
+)
+def test_a_case_model_that_does_not_build_is_one_line(
+    changes: dict, key: str, problem: str
+) -> None:
+    with pytest.raises(SpecError) as info:
+        suite_from_dict(_with(changes), source="s.toml")
+    assert info.value.key == key and problem in info.value.problem, str(info.value)

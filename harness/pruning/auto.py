@@ -59,10 +59,12 @@ from torch import nn
 from torch.nn.utils import prune
 
 from harness.pruning.base import (
+    IgnoreArgs,
     Problems,
     PruneContext,
     Pruner,
     PrunerArgs,
+    layers_to_prune,
     leaf_weight,
     open_unit,
     prunable_modules,
@@ -99,7 +101,7 @@ def _grid(value: tuple[float, ...]) -> str | None:
 
 
 @dataclass(frozen=True)
-class AutoArgs(PrunerArgs):
+class AutoArgs(IgnoreArgs):
     """The cost ``budget``, the sensitivity ``grid``, the ``calibration`` fraction of the
     training fold and the per-layer cap ``max_layer`` (module docstring)."""
 
@@ -239,18 +241,24 @@ def calibration_indices(n: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def sensitivity(
-    model: nn.Module, X: torch.Tensor, y: torch.Tensor, grid: Sequence[float], max_layer: float
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    grid: Sequence[float],
+    max_layer: float,
+    ignore: Sequence[str] = (),
 ) -> dict[str, list[tuple[float, float]]]:
     """Per prunable layer, ``(s, Delta(s))`` for ``s`` in ``{c} | {g in grid: c < g < max_layer}
     | {max_layer}`` with ``c`` the layer's current sparsity: the cross-entropy on ``(X, y)``
     with that layer alone magnitude-pruned to ``s``, minus the loss of ``model`` as it is, made
-    non-decreasing by a running max. ``model`` is left unchanged."""
+    non-decreasing by a running max; layers named in ``ignore`` get none. ``model`` is left
+    unchanged."""
     was_training = model.training
     model.eval()
     curves: dict[str, list[tuple[float, float]]] = {}
     with torch.no_grad():
         base = _loss(model, X, y)
-        for name, module in prunable_modules(model):
+        for name, module in layers_to_prune(model, ignore):
             start = _current_sparsity(module)
             points = [s for s in grid if start < s < max_layer]
             if start < max_layer:
@@ -403,22 +411,23 @@ class AutoPruner(Pruner):
 
     def rates_for(self, model: nn.Module, target: float, ctx: PruneContext) -> dict[str, float]:
         """Per-layer sparsities for the cumulative ``target`` (stored in ``self.rates``)."""
-        layers = prunable_modules(model)
+        layers = layers_to_prune(model, self.args.ignore)
         start = {name: _current_sparsity(m) for name, m in layers}
-        self.costs = weight_costs(model, ctx.example, self.args.budget)
+        costs = weight_costs(model, ctx.example, self.args.budget)
+        self.costs = {name: costs[name] for name in start}
         if self.spec.scope == "layer":  # uniform: every layer to the target
             self.curves = {}
             self.rates = {name: max(target, start[name]) for name in start}
             return self.rates
         X, y = self.calibration(ctx)
         max_layer = self.args.max_layer
-        self.curves = sensitivity(model, X, y, list(self.args.grid), max_layer)
+        self.curves = sensitivity(model, X, y, list(self.args.grid), max_layer, self.args.ignore)
         sizes = {name: weight(m).numel() for name, m in layers}
         self.rates = allocate(self.curves, self.costs, sizes, target, max_layer)
         return self.rates
 
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
-        layers = prunable_modules(model)
+        layers = layers_to_prune(model, self.args.ignore)
         rates = self.rates_for(model, target, ctx)
         sizes = {name: weight(m).numel() for name, m in layers}
         floors = {name: round(_current_sparsity(m) * sizes[name]) for name, m in layers}

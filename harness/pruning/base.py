@@ -96,9 +96,18 @@ class PrunerArgs:
 
 
 @dataclass(frozen=True)
-class MaskArgs(PrunerArgs):
-    """Of :class:`MaskPruner`: ``max_layer``, the per-layer cap of a global ranking (none by
-    default; at least the target sparsity)."""
+class IgnoreArgs(PrunerArgs):
+    """``ignore``: prunable layers (module names) left alone (structured methods also always
+    keep the classifier's outputs)."""
+
+    ignore: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MaskArgs(IgnoreArgs):
+    """Of :class:`MaskPruner`: ``ignore`` (layers that stay dense, outside the ranking) and
+    ``max_layer``, the per-layer cap of a global ranking (none by default; at least the target
+    sparsity)."""
 
     max_layer: float | None = option(None, check=unit)
 
@@ -111,13 +120,6 @@ class GradientArgs(PrunerArgs):
     batch_size: int = option(128, check=count)
 
 
-@dataclass(frozen=True)
-class IgnoreArgs(PrunerArgs):
-    """``ignore``: prunable layers (module names) left alone, as well as the classifier."""
-
-    ignore: tuple[str, ...] = ()
-
-
 # --------------------------------------------------------------------------------------------
 # Layers and gradients
 
@@ -125,6 +127,11 @@ class IgnoreArgs(PrunerArgs):
 def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Linear and convolution layers, in definition order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE)]
+
+
+def layers_to_prune(model: nn.Module, ignore: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
+    """:func:`prunable_modules` without the layers named in ``ignore``."""
+    return [(name, m) for name, m in prunable_modules(model) if name not in ignore]
 
 
 def weight(module: nn.Module) -> torch.Tensor:
@@ -363,6 +370,9 @@ class MaskPruner(Pruner):
     together, ``"layer"`` prunes every layer to the target separately. Already-pruned weights
     stay pruned.
 
+    Layers named in ``args.ignore`` get no mask and take no part in the ranking: the target
+    applies to the other layers' weights.
+
     ``args.max_layer`` (global scope, optional): no layer loses more than
     ``round(max_layer * n)`` of its ``n`` weights. A global ranking can otherwise prune a whole
     layer away at high sparsity (layer collapse, Tanaka et al. 2020), which cuts the network in
@@ -384,7 +394,7 @@ class MaskPruner(Pruner):
         return type(self).criterion(model, ctx, self.args)
 
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
-        modules = [m for _, m in prunable_modules(model)]
+        modules = [m for _, m in layers_to_prune(model, self.args.ignore)]
         with torch.no_grad():
             scores = self.scores(model, ctx)
             ranked = {}

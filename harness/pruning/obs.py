@@ -63,12 +63,12 @@ from torch import nn
 from torch.nn.utils import prune
 
 from harness.pruning.base import (
+    IgnoreArgs,
     PruneContext,
     Pruner,
-    PrunerArgs,
     count,
+    layers_to_prune,
     positive,
-    prunable_modules,
     remove_masks,
     weight,
 )
@@ -373,8 +373,9 @@ class _Layer:
 
 
 @dataclass(frozen=True)
-class OBSArgs(PrunerArgs):
-    """Calibration rows and the Hessian's relative dampening (module docstring)."""
+class OBSArgs(IgnoreArgs):
+    """Calibration rows and the Hessian's relative dampening (module docstring); ``ignore``:
+    layers left dense (the target applies to the others)."""
 
     n_samples: int = option(512, check=count)
     damp: float = option(0.01, check=positive)
@@ -395,7 +396,7 @@ class OBSPruner(Pruner):
     args: OBSArgs
 
     def _layers(self, model: nn.Module, ctx: PruneContext) -> list[_Layer]:
-        named = prunable_modules(model)
+        named = layers_to_prune(model, self.args.ignore)
         for name, m in named:
             if (problem := layer_problem(name, m)) is not None:
                 raise ValueError(f"obs: {problem}")

@@ -20,6 +20,7 @@ sparsity are removed. Later rounds of an iterative schedule prune without regula
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -31,8 +32,8 @@ from harness.pruning.base import (
     MaskArgs,
     MaskPruner,
     PruneContext,
-    PrunerArgs,
     count,
+    layers_to_prune,
     non_negative,
     positive,
     prunable_modules,
@@ -46,8 +47,9 @@ from harness.spec import PruneSpec, TrainSpec
 
 
 @dataclass(frozen=True)
-class RegularizedArgs(PrunerArgs):
-    """The regularized training phase: penalty ``strength``, ``epochs``, Adam's ``lr``."""
+class RegularizedArgs(IgnoreArgs):
+    """The regularized training phase: penalty ``strength``, ``epochs``, Adam's ``lr``; the
+    penalty leaves the layers in ``ignore`` alone."""
 
     strength: float = option(1e-3, check=non_negative)
     epochs: int = option(10, check=count)
@@ -67,23 +69,30 @@ class L1Args(L2Args):
 
 
 @dataclass(frozen=True)
-class GroupLassoArgs(IgnoreArgs, RegularizedArgs):
+class GroupLassoArgs(RegularizedArgs):
     """``strength``, ``epochs``, ``lr``; ``ignore``."""
 
 
-def l1_penalty(model: nn.Module) -> torch.Tensor:
-    return sum((weight(m).abs().sum() for _, m in prunable_modules(model)), torch.tensor(0.0))
+def l1_penalty(model: nn.Module, ignore: Sequence[str] = ()) -> torch.Tensor:
+    """Sum of absolute weights of the prunable layers not in ``ignore``."""
+    layers = layers_to_prune(model, ignore)
+    return sum((weight(m).abs().sum() for _, m in layers), torch.tensor(0.0))
 
 
-def l2_penalty(model: nn.Module) -> torch.Tensor:
-    return sum((weight(m).pow(2).sum() for _, m in prunable_modules(model)), torch.tensor(0.0))
+def l2_penalty(model: nn.Module, ignore: Sequence[str] = ()) -> torch.Tensor:
+    """Sum of squared weights of the prunable layers not in ``ignore``."""
+    layers = layers_to_prune(model, ignore)
+    return sum((weight(m).pow(2).sum() for _, m in layers), torch.tensor(0.0))
 
 
-def group_lasso_penalty(model: nn.Module) -> torch.Tensor:
+def group_lasso_penalty(model: nn.Module, ignore: Sequence[str] = ()) -> torch.Tensor:
     """``sum_g sqrt(|g|) * ||w_g||_2`` over output neurons / channels of all prunable layers but
-    the last (the classifier)."""
+    the last (the classifier) and those in ``ignore``."""
     total = torch.tensor(0.0)
-    for _, m in prunable_modules(model)[:-1]:
+    last = prunable_modules(model)[-1][1]
+    for _, m in layers_to_prune(model, ignore):
+        if m is last:
+            continue
         rows = weight(m).flatten(1)
         total = total + math.sqrt(rows.shape[1]) * rows.norm(dim=1).sum()
     return total
@@ -124,14 +133,14 @@ class _Regularize:
         )
         from harness.training import fit
 
-        penalty = PENALTIES[self.name]
+        penalty, ignore = PENALTIES[self.name], self.args.ignore
         fit(
             model,
             ctx.X_train,
             ctx.y_train,
             spec,
             seed=ctx.seed + 7,
-            penalty=lambda m: strength * penalty(m),
+            penalty=lambda m: strength * penalty(m, ignore),  # ignored layers: not shrunk
         )
 
 

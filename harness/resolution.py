@@ -41,17 +41,21 @@ def resolve(suite: SuiteSpec) -> SuiteSpec:
     if (problem := data_registry.check(suite.dataset, suite.dataset_args, base)) is not None:
         raise fail("suite.dataset", suite.dataset, problem)
     ds = load_dataset(suite.dataset, suite.dataset_args, base)
-    try:
-        import_model(suite.model)
-    except ModelError as err:
-        raise fail("suite.model", suite.model, str(err)) from err
-    try:
-        model = build(suite.model, ds.n_features, ds.n_classes, suite.model_args)
-    except ModelError as err:
-        raise fail("suite.model_args", dict(suite.model_args), str(err)) from err
-    except MemoryError:
-        problem = "out of memory building the model"
-        raise fail("suite.model_args", dict(suite.model_args), problem) from None
+
+    def built(ref: str, args: Any, where: str) -> Any:
+        try:
+            import_model(ref)
+        except ModelError as err:
+            raise fail(f"{where}.model", ref, str(err)) from err
+        try:
+            return build(ref, ds.n_features, ds.n_classes, args)
+        except ModelError as err:
+            raise fail(f"{where}.model_args", dict(args), str(err)) from err
+        except MemoryError:
+            problem = "out of memory building the model"
+            raise fail(f"{where}.model_args", dict(args), problem) from None
+
+    model = built(suite.model, suite.model_args, "suite")
     smallest = data_registry.smallest_class(suite.dataset, suite.dataset_args, base)
     if suite.folds > smallest:
         raise fail(
@@ -63,8 +67,10 @@ def resolve(suite: SuiteSpec) -> SuiteSpec:
             raise fail("edge.sets", text, problem)
     for case in suite.cases:
         where = f"case[{case.name}]"
+        own = suite.for_case(case)
+        case_model = model if own is suite else built(own.model, own.model_args, where)
         _check_method(case, where, source)
-        _check_ignore(case, where, model, fail)
+        _check_ignore(case, where, case_model, fail)
         _check_rules(case.gate, f"{where}.gate", ds.n_classes, fail)
         for text in case.edge or ():
             if (problem := check_edge(parse_edge(text), ds, base)) is not None:
@@ -97,6 +103,7 @@ def _check_method(case: CaseSpec, where: str, source: str) -> None:
 def _check_ignore(case: CaseSpec, where: str, model: Any, fail: Any) -> None:
     """Every name in ``prune.args.ignore`` is a prunable layer of the model (a typo would
     otherwise prune the layer it meant to keep)."""
+    from harness.pruning import registry
     from harness.pruning.base import prunable_modules
 
     names = case.prune.args.get("ignore")
@@ -110,3 +117,11 @@ def _check_ignore(case: CaseSpec, where: str, model: Any, fail: Any) -> None:
                 name,
                 f"no such prunable layer (the model has: {', '.join(known)})",
             )
+    kept = set(names) | ({known[-1]} if registry.get(case.prune.method).structured else set())
+    if known and kept >= set(known):
+        what = "every prunable layer" + (
+            " (the classifier is always kept)" if known[-1] not in names else ""
+        )
+        raise fail(
+            f"{where}.prune.args.ignore", list(names), f"names {what}: nothing left to prune"
+        )
