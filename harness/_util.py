@@ -108,6 +108,16 @@ def check_budget(where: str) -> None:
         )
 
 
+def add_import_path(directory: Path) -> None:
+    """Put ``directory`` first on ``sys.path`` (once), so user modules next to a suite file or in
+    the project's root import under plain ``pytest``, as pytest does for a rootdir conftest."""
+    import sys
+
+    entry = str(Path(directory).resolve())
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+
 def import_callable(ref: str) -> Callable[..., Any]:
     """Import ``"module:callable"``; raises ``ImportError``/``AttributeError``/``ValueError``."""
     import importlib
@@ -122,6 +132,21 @@ def import_callable(ref: str) -> Callable[..., Any]:
     if not callable(obj):
         raise ValueError(f"{ref} is not callable")
     return obj
+
+
+def import_user_callable(ref: str, what: str, error: type[HarnessError]) -> Callable[..., Any]:
+    """:func:`import_callable` for a user's ``what`` ("model", "dataset"): every failure is one
+    line raised as ``error``."""
+    try:
+        return import_callable(ref)
+    except ImportError as err:
+        raise error(f"{what} module does not import ({err})") from err
+    except AttributeError as err:
+        raise error(f"no such callable ({err})") from err
+    except ValueError as err:
+        raise error(str(err)) from err
+    except Exception as err:  # a user module that raises on import
+        raise error(f"{what} module failed on import ({type(err).__name__}: {err})") from err
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -87,10 +87,14 @@ def _parser() -> argparse.ArgumentParser:
 def _load(paths: Sequence[Path], *, resolved: bool = True) -> list[SuiteSpec]:
     """Suite files, structurally valid and (``resolved``) checked against their data, model and
     methods (:mod:`harness.resolution`)."""
+    from harness._util import add_import_path
     from harness.spec import SpecError, load_suite
 
+    add_import_path(Path.cwd())  # user modules in the working directory import
     try:
         suites = [load_suite(p) for p in paths]
+        for suite in suites:
+            add_import_path(suite.base_dir)
         if resolved:
             from harness.resolution import resolve
 

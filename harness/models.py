@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from harness._util import HarnessError, import_callable
+from harness._util import HarnessError, import_user_callable
 
 
 class ModelError(HarnessError):
@@ -60,16 +60,7 @@ def cnn1d(
 
 def resolve(ref: str) -> Callable[..., nn.Module]:
     """Import a model factory from ``"module:callable"``; raises :class:`ModelError`."""
-    try:
-        return import_callable(ref)
-    except ImportError as err:
-        raise ModelError(f"model module does not import ({err})") from err
-    except AttributeError as err:
-        raise ModelError(f"no such callable ({err})") from err
-    except ValueError as err:
-        raise ModelError(str(err)) from err
-    except Exception as err:  # a user module that raises on import
-        raise ModelError(f"model module failed on import ({type(err).__name__}: {err})") from err
+    return import_user_callable(ref, "model", ModelError)
 
 
 def source_digest(ref: str) -> str:

@@ -305,9 +305,11 @@ class SuiteFile(pytest.File):
     """A suite file; invalid files are reported as one line (no traceback)."""
 
     def collect(self) -> Any:
+        from harness._util import add_import_path
         from harness.resolution import resolve
         from harness.spec import SpecError, load_suite
 
+        add_import_path(self.config.rootpath)  # user modules in the project root import
         try:
             suite = resolve(load_suite(self.path))
         except SpecError as err:

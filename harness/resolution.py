@@ -1,7 +1,8 @@
 """Resolution: a structurally valid spec (:mod:`harness.spec`) checked against the real things it
 names: the dataset loads, the model factory imports and builds for it, the folds fit the
 smallest class, rule classes exist, edge sets suit the data (user files load), each case's method
-exists and its arguments fit the method's ``Args``, and ``ignore`` names real layers.
+exists and its arguments fit the method's ``Args``, and ``ignore`` names real layers. The suite
+file's directory goes first on ``sys.path`` (user modules next to it import).
 
 Every problem is one :class:`~harness.spec.SpecError` line naming the suite file and the key, as
 for structural problems. This is the step that imports the ML stack; faces call it when they
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness._util import add_import_path
 from harness.edgesets import parse_edge
 from harness.metricnames import rule_target
 from harness.spec import RULE_KEYS, CaseSpec, RuleSpec, SpecError, SuiteSpec
@@ -34,6 +36,7 @@ def resolve(suite: SuiteSpec) -> SuiteSpec:
     from harness.models import resolve as import_model
 
     source, base = suite.source, suite.base_dir
+    add_import_path(base)  # user modules next to the suite file import (README, "Your code")
 
     def fail(key: str, value: Any, problem: str) -> SpecError:
         return SpecError(source, key, value, problem)

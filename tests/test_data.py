@@ -68,12 +68,15 @@ def test_names_lists_builtins_and_file_kinds() -> None:
         "synthetic:classification",
         "npz:PATH",
         "csv:PATH",
+        "module:callable",
     ):
         assert name in listed
 
 
 def test_unknown_dataset_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="unknown dataset"):
+        load_dataset("sklearn:iris")  # the harness's own namespaces are never user modules
+    with pytest.raises(DatasetError, match="dataset module does not import"):
         load_dataset("nope:thing")
     with pytest.raises(DatasetError, match="data file not found"):
         load_dataset("csv:missing.csv", base=tmp_path)
@@ -307,3 +310,117 @@ def test_constant_features_are_left_at_zero() -> None:
     for fold in make_folds(_hand_dataset(X, y), 2, seed=0):
         assert np.all(fold.X_train[:, 1] == 0)
         assert np.all(fold.X_val[:, 1] == 0)
+
+
+# --------------------------------------------------------------------------------------------
+# the user's own data: csv label columns, module:callable datasets
+
+
+def test_csv_label_column_by_name_or_index_and_header_option(tmp_path: Path) -> None:
+    rows = ["species,a,b", "bird,1.5,2", "cat,0,-1", "bird,3,4.25", "dog,2,2"]
+    (tmp_path / "first.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    by_name = load_dataset("csv:first.csv", {"label": "species"}, tmp_path)
+    by_index = load_dataset("csv:first.csv", {"label": 0}, tmp_path)
+    for ds in (by_name, by_index):
+        np.testing.assert_array_equal(
+            ds.X, np.array([[1.5, 2], [0, -1], [3, 4.25], [2, 2]], dtype=np.float32)
+        )
+        assert ds.class_names == ("bird", "cat", "dog")
+    assert by_name.digest == by_index.digest
+    (tmp_path / "bare.csv").write_text("\n".join(rows[1:]) + "\n", encoding="utf-8")
+    bare = load_dataset("csv:bare.csv", {"label": 0, "header": False}, tmp_path)
+    assert bare.digest == by_name.digest  # no header row: text labels do not make one
+    assert load_dataset("csv:bare.csv", {"label": 0}, tmp_path).digest == by_name.digest
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ({}, "non-numeric feature .*the label is the last column; set dataset_args.label"),
+        ({"label": "kind"}, r"label = 'kind': no such column \(species, a, b\)"),
+        ({"label": 3}, "label = 3: the file has 3 columns"),
+        ({"label": 1.5}, "label = 1.5: must be a column name or index"),
+        ({"header": "yes"}, "header = 'yes': must be true or false"),
+        ({"sep": ";"}, r"unknown csv dataset_args: sep \(known: label, header\)"),
+    ],
+)
+def test_csv_label_errors_are_one_line(tmp_path: Path, args: dict, match: str) -> None:
+    (tmp_path / "f.csv").write_text("species,a,b\nbird,1,2\ncat,3,4\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=match) as info:
+        load_dataset("csv:f.csv", args, tmp_path)
+    assert "\n" not in str(info.value)
+
+
+USER_DATA = """
+import numpy as np
+import torch
+
+
+def arrays(n=60, classes=3):
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % classes
+    return rng.normal(size=(n, 4)) + y[:, None], y
+
+
+def named(n=60):
+    X, y = arrays(n)
+    return {"X": X, "y": y, "class_names": ["a", "b", "c"], "kind": "signal"}
+
+
+class Pairs(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.X, self.y = arrays(n)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return torch.as_tensor(self.X[i], dtype=torch.float32), torch.tensor(self.y[i])
+
+
+def torch_dataset(n=60):
+    return Pairs(n)
+
+
+def broken():
+    raise RuntimeError("no data today")
+
+
+def wrong():
+    return 42
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "user_data_mod.py").write_text(USER_DATA, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "user_data_mod"
+
+
+def test_a_callable_dataset_returns_arrays_a_mapping_or_a_torch_dataset(user_module: str) -> None:
+    plain = load_dataset(f"{user_module}:arrays", {"n": 60})
+    named = load_dataset(f"{user_module}:named", {"n": 60})
+    pairs = load_dataset(f"{user_module}:torch_dataset", {"n": 60})
+    assert plain.X.shape == (60, 4) and plain.class_names == ("0", "1", "2")
+    assert named.class_names == ("a", "b", "c") and named.kind == "signal"
+    np.testing.assert_array_equal(plain.X, pairs.X)
+    np.testing.assert_array_equal(plain.y, pairs.y)
+    assert plain.digest == named.digest == pairs.digest  # the same data, however delivered
+    assert load_dataset(f"{user_module}:arrays", {"n": 30}).X.shape == (30, 4)
+
+
+@pytest.mark.parametrize(
+    ("ref", "match"),
+    [
+        ("broken", r"broken\(\) failed \(RuntimeError: no data today\)"),
+        ("wrong", "returned int; expected"),
+        ("absent", "no such callable"),
+    ],
+)
+def test_a_callable_dataset_that_fails_is_one_line(user_module: str, ref: str, match: str) -> None:
+    with pytest.raises(DatasetError, match=match) as info:
+        load_dataset(f"{user_module}:{ref}")
+    assert "\n" not in str(info.value)
+    with pytest.raises(DatasetError, match="dataset module does not import"):
+        load_dataset("no_such_user_module:load")

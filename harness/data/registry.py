@@ -3,8 +3,11 @@
 Names: ``sklearn:digits``, ``sklearn:breast_cancer``, ``sklearn:wine``, ``mnist1d`` (generated
 offline by the ``mnist1d`` package), ``synthetic:classification`` (scikit-learn's
 ``make_classification``; its keyword arguments in ``dataset_args``), ``npz:PATH`` (arrays ``X`` and
-``y``) and ``csv:PATH`` (numeric features, the label in the last column, optional header row).
-Relative paths are resolved against the suite file's directory.
+``y``), ``csv:PATH`` (numeric features and a label column: the last one unless
+``dataset_args.label`` names or numbers it; a header row is detected, or set with
+``dataset_args.header``) and ``module:callable``, the user's own function called with the
+``dataset_args`` (see :func:`from_callable` for what it may return). Relative paths are resolved
+against the suite file's directory.
 """
 
 from __future__ import annotations
@@ -140,26 +143,76 @@ def _npz(path: Path, args: Mapping[str, Any]) -> tuple:
     return X.reshape(len(X), -1), y, None, "tabular"
 
 
+CSV_ARGS = ("label", "header")
+
+
 def _csv(path: Path, args: Mapping[str, Any]) -> tuple:
-    _no_args(args)
+    unknown = sorted(set(args) - set(CSV_ARGS))
+    if unknown:
+        raise DatasetError(f"unknown csv dataset_args: {', '.join(unknown)} (known: label, header)")
+    header_arg = args.get("header")
+    if header_arg is not None and not isinstance(header_arg, bool):
+        raise DatasetError(f"header = {header_arg!r}: must be true or false")
     try:
         rows = [line.split(",") for line in path.read_text(encoding="utf-8").splitlines() if line]
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path}: cannot read ({err})") from err
-    if rows and not _is_number(rows[0][0]):
-        rows = rows[1:]  # header
+    label = args.get("label")
+    if header_arg is not None:
+        has_header = header_arg
+    elif isinstance(label, str):
+        has_header = True  # a label named by its column needs the header row
+    else:
+        has_header = _looks_like_header(rows, label)
+    header = [v.strip() for v in rows[0]] if has_header and rows else []
+    rows = rows[1:] if has_header else rows
     if not rows:
         raise DatasetError(f"{path}: no data rows")
     width = len(rows[0])
     for i, row in enumerate(rows):
         if len(row) != width:
             raise DatasetError(f"{path}: row {i + 1} has {len(row)} columns, expected {width}")
+    column = _label_column(path, label, header, width)
     try:
-        X = np.array([[float(v) for v in row[:-1]] for row in rows])
+        X = np.array([[float(v) for j, v in enumerate(row) if j != column] for row in rows])
     except ValueError as err:
-        raise DatasetError(f"{path}: non-numeric feature ({err})") from err
-    y = np.array([row[-1].strip() for row in rows])
+        where = (
+            f"label = {args['label']!r} " if "label" in args else "the label is the last column; "
+        )
+        raise DatasetError(
+            f"{path}: non-numeric feature ({err}); {where}set dataset_args.label to the label "
+            "column's name or index"
+        ) from err
+    y = np.array([row[column].strip() for row in rows])
     return X, y, None, "tabular"
+
+
+def _looks_like_header(rows: list[list[str]], label: Any) -> bool:
+    """Whether the first row is a header: its first feature cell (the first cell not in the
+    label column) is not a number."""
+    if not rows or not rows[0]:
+        return False
+    width = len(rows[0])
+    column = label % width if isinstance(label, int) and -width <= label < width else width - 1
+    first = next((j for j in range(width) if j != column), None)
+    return first is not None and not _is_number(rows[0][first])
+
+
+def _label_column(path: Path, label: Any, header: list[str], width: int) -> int:
+    """The label column: ``label`` as a header name or a 0-based index (negative from the end);
+    the last column by default."""
+    if label is None:
+        return width - 1
+    if isinstance(label, bool) or not isinstance(label, int | str):
+        raise DatasetError(f"label = {label!r}: must be a column name or index")
+    if isinstance(label, int):
+        if not -width <= label < width:
+            raise DatasetError(f"label = {label}: the file has {width} columns")
+        return label % width
+    if label not in header:
+        shown = ", ".join(header[:20]) if header else "no header row"
+        raise DatasetError(f"{path}: label = {label!r}: no such column ({shown})")
+    return header.index(label)
 
 
 def _is_number(text: str) -> bool:
@@ -184,8 +237,102 @@ MAX_VALUES = 10**9  # features x samples of a generated dataset (4 GB as float32
 MNIST1D_MAX_SAMPLES = 10**6
 
 
+MAX_SAMPLES = 10**7  # samples a user's torch Dataset is materialized to at most
+KINDS = ("tabular", "image", "signal")
+# prefixes that name the harness's own datasets, never a user module
+RESERVED = ("sklearn", "synthetic", *FILE_KINDS)
+
+
 def names() -> list[str]:
-    return [*BUILTIN, *(f"{k}:PATH" for k in FILE_KINDS)]
+    return [*BUILTIN, *(f"{k}:PATH" for k in FILE_KINDS), "module:callable"]
+
+
+def is_callable_ref(name: str) -> bool:
+    """Whether ``name`` is a user's ``module:callable`` (not a builtin or file dataset)."""
+    module, sep, attr = name.partition(":")
+    return bool(sep and module and attr) and module not in RESERVED and name not in BUILTIN
+
+
+def from_callable(ref: str, args: Mapping[str, Any]) -> tuple:
+    """Call the user's dataset function ``ref`` with ``args`` as keyword arguments.
+
+    It may return ``(X, y)``, ``(X, y, class_names)``, a mapping with keys ``X``, ``y`` and
+    optionally ``class_names`` and ``kind`` ("tabular", "image" or "signal": which edge sets
+    apply), or a ``torch.utils.data.Dataset`` of ``(features, label)`` pairs, which is
+    materialized once (at most :data:`MAX_SAMPLES` samples).
+    """
+    from harness._util import import_user_callable
+
+    factory = import_user_callable(ref, "dataset", DatasetError)
+    try:
+        out = factory(**args)
+    except Exception as err:  # the user's function may raise anything
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise DatasetError(
+            f"{ref}({_kwargs(args)}) failed ({type(err).__name__}: {first})"
+        ) from err
+    kind = "tabular"
+    names: Any = None
+    if isinstance(out, Mapping):
+        missing = [k for k in ("X", "y") if k not in out]
+        if missing:
+            raise DatasetError(f"{ref} returned a mapping without {', '.join(missing)}")
+        X, y, names, kind = out["X"], out["y"], out.get("class_names"), out.get("kind", kind)
+    elif isinstance(out, tuple | list) and len(out) in (2, 3):
+        X, y = out[0], out[1]
+        names = out[2] if len(out) == 3 else None
+    elif hasattr(out, "__getitem__") and hasattr(out, "__len__"):
+        X, y = _materialize(ref, out)
+    else:
+        raise DatasetError(
+            f"{ref} returned {type(out).__name__}; expected (X, y), (X, y, class_names), a "
+            "mapping with X and y, or a torch Dataset of (features, label) pairs"
+        )
+    if kind not in KINDS:
+        raise DatasetError(f"{ref}: kind = {kind!r}: must be one of {', '.join(KINDS)}")
+    if names is not None:
+        names = [str(n) for n in names]
+    X = _array(ref, "X", X)
+    if X.ndim > 2:  # one row per sample, as for npz files
+        X = X.reshape(len(X), -1)
+    return X, _array(ref, "y", y), names, kind
+
+
+def _kwargs(args: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in args.items())[:200]
+
+
+def _array(ref: str, what: str, value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except Exception as err:  # ragged lists and the like
+        raise DatasetError(f"{ref}: {what} is not an array ({err})") from err
+
+
+def _materialize(ref: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A map-style dataset of ``(features, label)`` pairs as two arrays."""
+    n = len(data)
+    if n > MAX_SAMPLES:
+        raise DatasetError(
+            f"{ref}: a dataset of {n} samples; at most {MAX_SAMPLES} are materialized (the "
+            "harness's bound)"
+        )
+    xs, ys = [], []
+    for i in range(n):
+        item = data[i]
+        if not (isinstance(item, tuple | list) and len(item) == 2):
+            raise DatasetError(
+                f"{ref}: item {i} is {type(item).__name__}; expected a (features, label) pair"
+            )
+        xs.append(_array(ref, f"item {i} features", item[0]))
+        label = item[1]
+        ys.append(label.item() if hasattr(label, "item") else label)
+    shapes = {x.shape for x in xs}
+    if len(shapes) > 1:
+        raise DatasetError(f"{ref}: items have features of different shapes ({sorted(shapes)[:3]})")
+    return np.stack(xs) if xs else np.zeros((0, 0)), np.asarray(ys)
 
 
 def load_dataset(
@@ -196,7 +343,9 @@ def load_dataset(
     kind, _, rest = name.partition(":")
     where = ""
     stamp: tuple[int, ...] = ()
-    if kind in FILE_KINDS:
+    if is_callable_ref(name):
+        stamp = _module_stamp(kind)
+    elif kind in FILE_KINDS:
         where = str((base or Path.cwd()).resolve())
         try:  # a file rewritten during the session is a new dataset, not a cache hit
             st = (Path(where) / rest).stat()
@@ -204,6 +353,22 @@ def load_dataset(
         except (OSError, ValueError):
             pass
     return _load(name, json.dumps(dict(args or {}), sort_keys=True), where, stamp)
+
+
+def _module_stamp(module: str) -> tuple[int, ...]:
+    """Size and mtime of a user module's file (a module edited during the session is a new
+    dataset), or nothing when it cannot be found without importing it."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+        origin = spec.origin if spec is not None else None
+        if origin and origin not in ("built-in", "frozen"):
+            st = Path(origin).stat()
+            return (st.st_size, st.st_mtime_ns)
+    except (ImportError, ValueError, OSError):
+        pass
+    return ()
 
 
 @lru_cache(maxsize=8)
@@ -217,6 +382,8 @@ def _load(name: str, args_json: str, base: str, stamp: tuple[int, ...] = ()) -> 
         if not path.is_file():
             raise DatasetError(f"data file not found: {path}")
         X, y, class_names, data_kind = FILE_KINDS[kind](path, args)
+    elif is_callable_ref(name):
+        X, y, class_names, data_kind = from_callable(name, args)
     else:
         raise DatasetError(f"unknown dataset (known: {', '.join(names())})")
     X = np.asarray(X)
