@@ -87,3 +87,50 @@ def build(ref: str, in_features: int, n_classes: int, args: Mapping[str, Any]) -
     if not isinstance(model, nn.Module):
         raise ModelError(f"{ref} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def checkpoint_path(ref: str, base: Path) -> Path:
+    """A checkpoint path of a suite, relative to the suite file's directory."""
+    path = Path(ref)
+    return path if path.is_absolute() else base / path
+
+
+def checkpoint_digest(path: Path) -> str:
+    """SHA-256 prefix of a checkpoint file's bytes (part of the dense cache key)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> None:
+    """Load a ``state_dict`` into ``model``: a ``.safetensors`` file, or a ``torch.save`` file
+    read with ``torch.load(weights_only=True)`` (no code runs). Raises :class:`ModelError` in
+    one line when the file is missing, unreadable, not a state dict or does not fit the model."""
+    import torch
+
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip, safetensors header errors
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ModelError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {first})"
+        ) from err
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ModelError(f"{path}: not a state_dict (a mapping of parameter names to tensors)")
+    try:
+        model.load_state_dict(dict(state), strict=True)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = "; ".join(lines[1:4]) or lines[0] if lines else type(err).__name__
+        raise ModelError(f"{path}: does not fit the model ({detail[:300]})") from err

@@ -36,7 +36,8 @@ def resolve(suite: SuiteSpec) -> SuiteSpec:
     from harness.models import resolve as import_model
 
     source, base = suite.source, suite.base_dir
-    add_import_path(base)  # user modules next to the suite file import (README, "Your code")
+    if not source.startswith("<"):  # a suite file: user modules next to it import
+        add_import_path(base)
 
     def fail(key: str, value: Any, problem: str) -> SpecError:
         return SpecError(source, key, value, problem)
@@ -59,6 +60,13 @@ def resolve(suite: SuiteSpec) -> SuiteSpec:
             raise fail(f"{where}.model_args", dict(args), problem) from None
 
     model = built(suite.model, suite.model_args, "suite")
+    if suite.checkpoint is not None:
+        from harness.models import checkpoint_path, load_checkpoint
+
+        try:
+            load_checkpoint(model, checkpoint_path(suite.checkpoint, base))
+        except ModelError as err:
+            raise fail("dense.checkpoint", suite.checkpoint, str(err)) from err
     smallest = data_registry.smallest_class(suite.dataset, suite.dataset_args, base)
     if suite.folds > smallest:
         raise fail(

@@ -22,12 +22,19 @@ from harness import metrics as M
 from harness._util import HarnessError
 from harness.data import Dataset, Fold, load_dataset, make_folds
 from harness.metricnames import MODELS, MetricRef, model_names
-from harness.models import ModelError, build, source_digest
+from harness.models import (
+    ModelError,
+    build,
+    checkpoint_digest,
+    checkpoint_path,
+    load_checkpoint,
+    source_digest,
+)
 from harness.power import measure_energy, rapl_counter
 from harness.pruning import PruneContext, create
 from harness.pruning.base import prunable_modules, schedule_targets, weight
 from harness.results import CaseResult, MetricSummary
-from harness.spec import CaseSpec, LatencySpec, SuiteSpec
+from harness.spec import CaseSpec, LatencySpec, SuiteSpec, TrainSpec
 from harness.training import TrainingError, fit, predict_logits
 
 __all__ = ["CaseError", "CaseResult", "DenseCache", "FoldResult", "MetricSummary", "run_case"]
@@ -67,10 +74,12 @@ class DenseCache:
 
     @staticmethod
     def key(suite: SuiteSpec, ds: Dataset, fold: Fold) -> tuple[str, ...]:
+        checkpoint = _checkpoint_digest(suite) if suite.checkpoint is not None else ""
         return (
             suite.dense_key(),
             ds.digest,
             source_digest(suite.model),
+            checkpoint,
             numerics.current().mode,
             torch.__version__,
             str(fold.index),
@@ -202,9 +211,11 @@ def _dense(suite: SuiteSpec, ds: Dataset, fold: Fold, cache: DenseCache) -> _Den
         return entry
     seed = suite.seed * 1000 + fold.index
     model = _new_model(suite, ds, seed)
+    if suite.checkpoint is not None:  # the user's trained weights
+        load_checkpoint(model, checkpoint_path(suite.checkpoint, suite.base_dir))
     _probe(model, suite.model, fold.X_train[:2], ds.n_classes)
     try:
-        fit(model, fold.X_train, fold.y_train, suite.train, seed=seed)
+        _fit(model, fold.X_train, fold.y_train, suite.train, seed=seed)
     except TrainingError as err:
         raise CaseError(f"fold {fold.index}: dense {err}") from None
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -303,7 +314,7 @@ def prune_fold(
     if pruner.at_init:
         # prune the dense model's initialization, then train the sparse network (masks held)
         pruned = pruner.step(_new_model(suite, ds, seed), case.prune.sparsity, ctx)
-        fit(pruned, fold.X_train, fold.y_train, suite.train, seed=seed)
+        _fit(pruned, fold.X_train, fold.y_train, suite.train, seed=seed)
         targets: list[float] = []
     else:
         pruned = copy.deepcopy(dense)
@@ -395,10 +406,16 @@ def _measure_speed(
         torch.set_num_threads(old)
 
 
+def _fit(model: nn.Module, X: np.ndarray, y: np.ndarray, spec: TrainSpec, **kwargs: Any) -> None:
+    """``training.fit``, or nothing with ``epochs = 0`` (the model is used as it is)."""
+    if spec.epochs > 0:
+        fit(model, X, y, spec, **kwargs)
+
+
 def _finetune(model: nn.Module, case: CaseSpec, fold: Fold, dense: nn.Module, *, seed: int) -> None:
     assert case.finetune is not None
     teacher = dense if case.distill is not None else None
-    fit(
+    _fit(
         model,
         fold.X_train,
         fold.y_train,
@@ -493,6 +510,11 @@ def run_case(
         return _run_case(suite, case, keep_models, cache if cache is not None else DenseCache())
 
 
+def _checkpoint_digest(suite: SuiteSpec) -> str:
+    assert suite.checkpoint is not None
+    return checkpoint_digest(checkpoint_path(suite.checkpoint, suite.base_dir))
+
+
 @functools.cache
 def _child_cache() -> DenseCache:
     return DenseCache()
@@ -512,7 +534,14 @@ def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool, cache: DenseC
     ds = load_dataset(suite.dataset, suite.dataset_args, suite.base_dir)
     folds: list[FoldResult] = []
     with _torch_settings(suite.threads):
-        for fold in make_folds(ds, suite.folds, seed=suite.cv_seed, repeats=suite.repeats):
+        splits = make_folds(
+            ds,
+            suite.folds,
+            seed=suite.cv_seed,
+            repeats=suite.repeats,
+            standardize=suite.standardize,
+        )
+        for fold in splits:
             _util.check_budget(f"before fold {fold.index + 1} of {suite.folds * suite.repeats}")
             try:
                 folds.append(run_fold(suite, case, ds, fold, cache=cache))
@@ -546,6 +575,7 @@ def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool, cache: DenseC
             "classes": ds.n_classes,
             "n_test": round(float(np.mean([len(f.val_idx) for f in folds]))),
             "n_train": len(ds.y) - round(float(np.mean([len(f.val_idx) for f in folds]))),
+            **({"checkpoint": _checkpoint_digest(suite)} if suite.checkpoint else {}),
         },
         class_names=ds.class_names,
         confusion={

@@ -134,6 +134,12 @@ def check_case(
     )
     written = obtained = None
     warnings: list[str] = []
+    if suite.checkpoint is not None:
+        warnings.append(
+            f"{suite.name}: the dense model is the checkpoint {suite.checkpoint}; if it was "
+            "trained on this dataset, the k-fold validation folds are data it has seen (validate "
+            "on data held out from its training)"
+        )
     fresh = Baseline.from_result(result, threads=suite.threads)
     if settings.regen:
         written = str(store.save(fresh))
@@ -222,7 +228,7 @@ class Recorder:
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
-        self.messages.extend(outcome.warnings)
+        self.messages.extend(w for w in outcome.warnings if w not in self.messages)
         if not self.held:
             self.release()
 

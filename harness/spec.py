@@ -184,7 +184,7 @@ def _rule_key(value: str) -> str | None:
 class TrainSpec:
     """How to train (dense) or fine-tune (after each pruning round)."""
 
-    epochs: int = option(20, check=_count("train.epochs"))
+    epochs: int = option(20, check=_count("train.epochs", 0))  # 0: use the model as it is
     lr: float = option(1e-3, check=_positive)
     optimizer: Optimizer = "adam"
     scheduler: Scheduler = "cosine"
@@ -327,6 +327,8 @@ class SuiteSpec:
     repeats: int = option(1, check=_count("cv.repeats"))  # every sample validated `repeats` times
     # None: `seed` (a different value keeps the models, changes the folds)
     fold_seed: int | None = option(None, check=_count("seed", 0))
+    standardize: bool = True  # features scaled per training fold; false: as the data has them
+    checkpoint: str | None = option(None, check=_dataset_ref)  # [dense]: a state_dict file
     train: TrainSpec = field(default_factory=TrainSpec)
     latency: LatencySpec = field(default_factory=LatencySpec)
     checks: ChecksSpec = field(default_factory=ChecksSpec)
@@ -395,6 +397,8 @@ class SuiteSpec:
                 # added later: part of the hash only when set, so older baselines stay valid
                 **({"repeats": self.repeats} if self.repeats != 1 else {}),
                 **({"fold_seed": self.cv_seed} if self.cv_seed != self.seed else {}),
+                **({"standardize": False} if not self.standardize else {}),
+                **({"checkpoint": self.checkpoint} if self.checkpoint is not None else {}),
             }
         )
 
@@ -521,7 +525,11 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
     given["folds"] = cv.take_field(SuiteSpec, "folds")
     given["repeats"] = cv.take_field(SuiteSpec, "repeats")
     given["fold_seed"] = cv.take_field(SuiteSpec, "fold_seed", "seed")
+    given["standardize"] = cv.take_field(SuiteSpec, "standardize")
     cv.done()
+    dense = top.sub("dense")
+    given["checkpoint"] = dense.take_field(SuiteSpec, "checkpoint")
+    dense.done()
     given["train"] = top.sub("train").build(TrainSpec)
     given["latency"] = top.sub("latency").build(LatencySpec)
     given["checks"] = top.sub("checks").build(ChecksSpec)

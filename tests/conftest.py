@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+
 import pytest
 
 TINY_SUITE = """\
@@ -72,6 +75,16 @@ def warm_imports(tmp_path_factory: pytest.TempPathFactory) -> None:
         for case in suite.cases:
             recorder.add(check_case(suite, case, settings))
         recorder.finish()
+
+
+@pytest.fixture(autouse=True)
+def _own_sys_path() -> Iterator[None]:
+    """Each test keeps the import path it started with: resolving a suite or running the CLI
+    in this process puts the suite's directory and the project root on ``sys.path`` (as it
+    should, once per real session), which must not leak into later tests' inner runs."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
 
 
 @pytest.fixture(autouse=True)

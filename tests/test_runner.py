@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import tomllib
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -275,3 +277,107 @@ def test_a_case_with_its_own_model_args_trains_and_prunes_that_model() -> None:
     assert wide.value("dense.params") == 64 * 32 + 32 + 32 * 10 + 10
     assert cache.misses == 4 and cache.hits == 0  # two dense models per fold, none shared
     assert wide.spec_hash == suite.spec_hash(suite.case("wide")) != small.spec_hash
+
+
+# --------------------------------------------------------------------------------------------
+# a pretrained dense model: a checkpoint, epochs = 0, raw features
+
+
+def _pretrained_suite(tmp_path: Path, checkpoint: str | None, **cv: Any) -> SuiteSpec:
+    data: dict[str, Any] = {
+        "suite": {"dataset": "sklearn:digits", "model_args": {"hidden": [16]}, "name": "pre"},
+        "cv": {"folds": 2, **cv},
+        "train": {"epochs": 0},
+        "latency": {"batch": 8, "warmup": 0, "repeats": 1},
+        "checks": {"properties": False, "differential": False},
+        "case": [{"name": "mag", "prune": {"method": "magnitude", "sparsity": 0.5}}],
+    }
+    if checkpoint is not None:
+        data["dense"] = {"checkpoint": checkpoint}
+    return suite_from_dict(data, source=str(tmp_path / "pre.toml"))
+
+
+def _trained_state(tmp_path: Path) -> dict[str, torch.Tensor]:
+    from harness.models import mlp
+    from harness.spec import TrainSpec
+    from harness.training import fit
+
+    ds = load_dataset("sklearn:digits")
+    torch.manual_seed(3)
+    model = mlp(64, 10, hidden=(16,))
+    fit(model, ds.X / 16, ds.y, TrainSpec(epochs=3, lr=1e-2), seed=3)  # trained on x / 16
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_a_checkpoint_is_the_dense_model_of_every_fold_untrained(tmp_path: Path, fmt: str) -> None:
+    state = _trained_state(tmp_path)
+    if fmt == "pt":
+        torch.save(state, tmp_path / "dense.pt")
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(tmp_path / "dense.safetensors"))
+    suite = _pretrained_suite(tmp_path, f"dense.{fmt}", standardize=False)
+    cache = DenseCache()
+    result = run_case(suite, suite.cases[0], cache=cache)
+    ds = load_dataset(suite.dataset)
+    for fold in make_folds(ds, 2, seed=0, standardize=False):
+        np.testing.assert_array_equal(fold.X_train, ds.X[fold.train_idx])  # raw features
+        entry = cache.get(cache.key(suite, ds, fold))
+        assert entry is not None
+        for name, tensor in state.items():  # the dense weights are the checkpoint's, untrained
+            assert torch.equal(entry.state[name], tensor), name
+    assert result.dataset["checkpoint"] == cache.key(suite, ds, fold)[3]
+    assert result.value("dense.accuracy") > 0.5  # x / 16 vs raw 0..16: the scale it needs
+
+
+def test_epochs_zero_uses_the_factory_model_as_it_is(tmp_path: Path) -> None:
+    suite = _pretrained_suite(tmp_path, None)
+    cache = DenseCache()
+    run_case(suite, suite.cases[0], cache=cache)
+    ds = load_dataset(suite.dataset)
+    fold = make_folds(ds, 2, seed=0)[0]
+    entry = cache.get(cache.key(suite, ds, fold))
+    assert entry is not None
+    from harness.models import mlp
+
+    torch.manual_seed(suite.seed * 1000 + fold.index)  # the seed the runner builds with
+    fresh = mlp(64, 10, hidden=(16,))
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(entry.state[name], tensor), name
+
+
+@pytest.mark.parametrize(
+    ("write", "problem"),
+    [
+        (None, "checkpoint not found: "),
+        (lambda p: p.write_bytes(b"not a checkpoint"), "not a readable checkpoint"),
+        (lambda p: torch.save([1, 2], p), "not a state_dict"),
+        (lambda p: torch.save({"0.weight": torch.zeros(3, 3)}, p), "does not fit the model"),
+    ],
+)
+def test_a_bad_checkpoint_is_one_line_at_its_key(tmp_path: Path, write: Any, problem: str) -> None:
+    from harness.resolution import resolve
+    from harness.spec import SpecError
+
+    if write is not None:
+        write(tmp_path / "dense.pt")
+    suite = _pretrained_suite(tmp_path, "dense.pt")
+    with pytest.raises(SpecError) as info:
+        resolve(suite)
+    assert info.value.key == "dense.checkpoint" and info.value.value == "dense.pt"
+    assert problem in info.value.problem and "\n" not in str(info.value)
+
+
+def test_a_checkpoint_case_warns_once_that_folds_may_be_seen_data(tmp_path: Path) -> None:
+    from harness.session import Recorder, Settings, check_case
+
+    torch.save(_trained_state(tmp_path), tmp_path / "dense.pt")
+    suite = _pretrained_suite(tmp_path, "dense.pt", standardize=False)
+    settings = Settings(baselines=tmp_path / "baselines", regen=True)
+    recorder = Recorder(settings)
+    for _ in range(2):
+        recorder.add(check_case(suite, suite.cases[0], settings))
+    (line,) = recorder.messages  # once per session, not once per case
+    assert line.startswith("pre: the dense model is the checkpoint dense.pt; if it was trained")

@@ -735,7 +735,6 @@ BAD: dict[str, tuple[dict, str, str]] = {
     # training
     "train-lr-zero": ({("train", "lr"): 0}, "train.lr", "0"),
     "train-lr-negative": ({("train", "lr"): -0.001}, "train.lr", "-0.001"),
-    "train-epochs-zero": ({("train", "epochs"): 0}, "train.epochs", "0"),
     "train-epochs-negative": ({("train", "epochs"): -5}, "train.epochs", "-5"),
     "train-batch-size-zero": ({("train", "batch_size"): 0}, "train.batch_size", "0"),
     "train-unknown-optimizer": (
@@ -754,11 +753,6 @@ BAD: dict[str, tuple[dict, str, str]] = {
         {("case", 0, "finetune", "lr"): -1e-3},
         "case[mag-50].finetune.lr",
         "-0.001",
-    ),
-    "finetune-epochs-zero": (
-        {("case", 0, "finetune", "epochs"): 0},
-        "case[mag-50].finetune.epochs",
-        "0",
     ),
     "finetune-epochs-negative": (
         {("case", 0, "finetune", "epochs"): -1},
@@ -1649,3 +1643,16 @@ def test_a_case_model_that_does_not_build_is_one_line(
     with pytest.raises(SpecError) as info:
         suite_from_dict(_with(changes), source="s.toml")
     assert info.value.key == key and problem in info.value.problem, str(info.value)
+
+
+def test_epochs_zero_means_the_model_as_it_is_and_dense_keys_are_set_only_when_used() -> None:
+    suite = suite_from_dict(_with({("train", "epochs"): 0, ("cv", "standardize"): False}))
+    assert suite.train.epochs == 0 and suite.standardize is False
+    base = suite_from_dict(copy.deepcopy(BASE))
+    assert suite.dense_key() != base.dense_key()  # raw features train other dense models
+    with pytest.raises(SpecError) as info:
+        suite_from_dict(_with({("cv", "standardize"): "no"}), source="s.toml")
+    assert (info.value.key, info.value.problem) == ("cv.standardize", "must be true or false")
+    with pytest.raises(SpecError) as info:
+        suite_from_dict(_with({("dense", "checkpoint"): "d.pt", ("dense", "strict"): 1}))
+    assert (info.value.key, info.value.problem) == ("dense.strict", "unknown key")

@@ -92,8 +92,11 @@ class EdgeContext:
         return StandardScaler().fit(self.dataset.X[self.fold.train_idx])
 
     def scale(self, raw: np.ndarray) -> np.ndarray:
-        """Raw features -> the fold's scaled space (cast to float32 first, like the dataset)."""
+        """Raw features -> the fold's scaled space (cast to float32 first, like the dataset);
+        the identity for a fold that is not standardized."""
         raw32 = np.asarray(raw, dtype=np.float32)
+        if not self.fold.standardized:
+            return raw32
         return np.asarray(self.scaler.transform(raw32), dtype=np.float32)
 
     def raw_val(self) -> np.ndarray:
