@@ -94,7 +94,7 @@ def test_defaults_of_a_table_can_come_from_another_instance() -> None:
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: TrainSpec(epochs=0), "<python>: TrainSpec.epochs = 0: must be > 0"),
+        (lambda: TrainSpec(epochs=-1), "<python>: TrainSpec.epochs = -1: must be >= 0"),
         (
             lambda: TrainSpec(optimizer="rmsprop"),
             "<python>: TrainSpec.optimizer = 'rmsprop': must be one of adam, adamw, sgd",
