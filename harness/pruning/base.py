@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.utils import prune
 
+from harness.inputs import Batch, Inputs
 from harness.schema import SpecError, Table, option, validate
 from harness.spec import PruneSpec, TrainSpec
 
@@ -41,14 +42,15 @@ class PruneContext:
     of this fold, the suite's dense training spec, the dense model of this fold (the teacher for
     distillation) and a builder for the suite's architecture with other ``model_args``."""
 
-    example: torch.Tensor
-    X_train: np.ndarray
+    example: Batch  # a tensor, or named tensors for a multi-input model (harness.inputs)
+    X_train: Inputs  # an array (N, *sample_shape), or named arrays
     y_train: np.ndarray
     seed: int
     train: TrainSpec | None = None
     teacher: nn.Module | None = None
     build: Callable[[Mapping[str, Any]], nn.Module] | None = None
     model_args: Mapping[str, Any] = field(default_factory=dict)  # the suite's
+    device: str = "cpu"  # where the model and every batch live (torch.device string)
 
 
 # --------------------------------------------------------------------------------------------
