@@ -77,8 +77,12 @@ class Baseline:
 
 
 def same_hardware(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether latencies compare: the same machine type, CPU, core and thread counts and device
+    (the CPU when none is recorded)."""
     keys = ("machine", "cpu", "cpu_count", "threads")
-    return all(a.get(k) == b.get(k) for k in keys)
+    return all(a.get(k) == b.get(k) for k in keys) and a.get("device", "cpu") == b.get(
+        "device", "cpu"
+    )
 
 
 OBTAINED = ".obtained"  # <root>/.obtained/<suite>/<case>.json: no suite name starts with "."

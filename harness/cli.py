@@ -6,6 +6,7 @@ Exit status: 0 all cases passed, 1 a case failed the gate, 2 bad input (one line
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from collections.abc import Sequence
@@ -46,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         "--log-models", action="store_true", help="keep every fold's pruned state_dict"
     )
     run.add_argument(
+        "--device",
+        default=None,
+        help="run every suite on this device: cpu, cuda, cuda:N, mps or auto (overrides theirs)",
+    )
+    run.add_argument(
         "--numerics",
         choices=("portable", "native"),
         default=None,
@@ -84,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(paths: Sequence[Path], *, resolved: bool = True) -> list[SuiteSpec]:
+def _load(
+    paths: Sequence[Path], *, resolved: bool = True, device: str | None = None
+) -> list[SuiteSpec]:
     """Suite files, structurally valid and (``resolved``) checked against their data, model and
     methods (:mod:`harness.resolution`)."""
     from harness._util import add_import_path
@@ -93,6 +101,8 @@ def _load(paths: Sequence[Path], *, resolved: bool = True) -> list[SuiteSpec]:
     add_import_path(Path.cwd())  # user modules in the working directory import
     try:
         suites = [load_suite(p) for p in paths]
+        if device is not None:
+            suites = [dataclasses.replace(s, device=device) for s in suites]
         for suite in suites:
             add_import_path(suite.base_dir)
         if resolved:
@@ -111,14 +121,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness import report, tracking
     from harness.runner import DenseCache
     from harness.session import Settings, check_case, open_recorder
-    from harness.spec import BOUNDS
+    from harness.spec import BOUNDS, device_problem
 
     if args.time_budget is not None and not 0 < args.time_budget <= BOUNDS["time_budget"]:
         raise UsageError(
             f"--time-budget {args.time_budget:g}: must be seconds > 0 and <= "
             f"{BOUNDS['time_budget']}"
         )
-    suites = _load(args.suites)
+    if args.device is not None and (problem := device_problem(args.device)) is not None:
+        raise UsageError(f"--device {args.device}: {problem}")
+    suites = _load(args.suites, device=args.device)
     selected = [(s, c) for s in suites for c in s.cases if not args.case or c.name in args.case]
     missing = set(args.case) - {c.name for _, c in selected}
     if missing:
@@ -131,6 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tracked=not args.no_mlflow,
         log_models=args.log_models,
         time_budget=args.time_budget,
+        device=args.device,
     )
     recorder = open_recorder(
         settings,

@@ -24,8 +24,10 @@ class KindInfo(NamedTuple):
     description: str
 
 
-ALL_DATA = ("tabular", "image", "signal")
+FLOAT_DATA = ("tabular", "image", "signal")  # perturbations need real-valued inputs
+ALL_DATA = (*FLOAT_DATA, "tokens")
 GRID_DATA = ("image", "signal")
+TOKEN_DATA = ("tokens",)
 PATH_KINDS = ("npz", "csv")
 NAME_RE = EDGE_SET_NAME
 
@@ -81,13 +83,13 @@ def _format_param(value: float) -> str:
 
 
 KIND_INFO: dict[str, KindInfo] = {
-    "gaussian_noise": KindInfo(ALL_DATA, 0.1, "add N(0, sigma) noise in scaled units"),
+    "gaussian_noise": KindInfo(FLOAT_DATA, 0.1, "add N(0, sigma) noise in scaled units"),
     "feature_dropout": KindInfo(
-        ALL_DATA, 0.2, "set each value to the training mean with probability p"
+        FLOAT_DATA, 0.2, "set each value to the training mean with probability p"
     ),
-    "extremes": KindInfo(ALL_DATA, 5.0, "multiply scaled values by scale (out of range)"),
-    "scale_drift": KindInfo(ALL_DATA, 1.5, "multiply every scaled feature by factor"),
-    "shift_drift": KindInfo(ALL_DATA, 0.5, "add delta to every scaled feature"),
+    "extremes": KindInfo(FLOAT_DATA, 5.0, "multiply scaled values by scale (out of range)"),
+    "scale_drift": KindInfo(FLOAT_DATA, 1.5, "multiply every scaled feature by factor"),
+    "shift_drift": KindInfo(FLOAT_DATA, 0.5, "add delta to every scaled feature"),
     "shift": KindInfo(GRID_DATA, 1.0, "translate images/signals by pixels, zero fill"),
     "blur": KindInfo(GRID_DATA, 1.0, "gaussian blur with sigma pixels"),
     "occlusion": KindInfo(GRID_DATA, 0.25, "zero a random contiguous patch covering fraction"),
@@ -98,7 +100,10 @@ KIND_INFO: dict[str, KindInfo] = {
     "hardest": KindInfo(ALL_DATA, 0.1, "the fraction of samples with the smallest dense margin"),
     "imbalanced": KindInfo(ALL_DATA, 10.0, "resample to class frequencies falling 1 .. 1/ratio"),
     "npz": KindInfo(ALL_DATA, None, "user file with arrays X, y (npz:PATH)"),
-    "csv": KindInfo(ALL_DATA, None, "user file, label last (csv:PATH)"),
+    "csv": KindInfo(FLOAT_DATA, None, "user file, label last (csv:PATH)"),
+    "token_dropout": KindInfo(TOKEN_DATA, 0.1, "replace each token by id 0 with probability p"),
+    "truncate": KindInfo(TOKEN_DATA, 0.5, "keep the first fraction of each sequence, pad the rest"),
+    "substitute": KindInfo(TOKEN_DATA, 0.1, "replace each token by a random id with probability p"),
 }
 
 
@@ -142,6 +147,9 @@ PARAM_RULES: dict[str, Callable[[float], str | None]] = {
     "minority": _fraction("fraction", closed_low=False),
     "hardest": _fraction("fraction", closed_low=False),
     "imbalanced": _at_least(1, "ratio"),
+    "token_dropout": _fraction("probability p", closed_low=True),
+    "truncate": _fraction("fraction", closed_low=False),
+    "substitute": _fraction("probability p", closed_low=True),
 }
 
 

@@ -56,6 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness import inputs
 from harness.pruning.base import PRUNABLE, weight
 
 COSTS_PJ: Mapping[str, float] = MappingProxyType(
@@ -156,7 +157,7 @@ def _units(module: nn.Module) -> tuple[int, int]:
     raise TypeError(f"not an energy-modelled layer: {type(module).__name__}")
 
 
-def layer_traces(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, LayerTrace]:
+def layer_traces(model: nn.Module, example: Any) -> dict[nn.Module, LayerTrace]:
     """Activation counts of every executed prunable layer, from one forward pass of
     ``example[:1]`` with forward hooks (no gradients, every module in eval mode, modes restored)."""
     counts: dict[nn.Module, list[int]] = {}
@@ -176,7 +177,7 @@ def layer_traces(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, Lay
     try:
         model.eval()
         with torch.no_grad():
-            model(example[:1])
+            inputs.forward(model, inputs.take(example, slice(0, 1)))
     finally:
         for handle in handles:
             handle.remove()
@@ -213,7 +214,7 @@ def layer_energy(name: str, module: nn.Module, trace: LayerTrace) -> LayerEnergy
     )
 
 
-def estimate(model: nn.Module, example: torch.Tensor) -> EnergyEstimate:
+def estimate(model: nn.Module, example: Any) -> EnergyEstimate:
     """Energy of one inference of ``example[:1]``: every executed linear / convolution layer, in
     definition order, nonzero weights only (masked or zeroed weights are skipped)."""
     traces = layer_traces(model, example)

@@ -72,8 +72,8 @@ def main(X: Inputs) -> np.ndarray:
     return X
 
 
-def count(X: Inputs | Batch) -> int:
-    """Number of samples."""
+def count(X: Any) -> int:
+    """Number of samples of inputs or of a batch."""
     if isinstance(X, Mapping):
         return len(next(iter(X.values())))
     return len(X)
@@ -86,11 +86,12 @@ def take(X: Any, idx: Any) -> Any:
     return X[idx]
 
 
-def concat(parts: Sequence[Inputs]) -> Inputs:
+def concat(parts: Sequence[Any]) -> Any:
+    """Inputs of several parts, one after the other."""
     first = parts[0]
     if isinstance(first, Mapping):
-        return {k: np.concatenate([p[k] for p in parts]) for k in first}  # type: ignore[index]
-    return np.concatenate(parts)  # type: ignore[arg-type]
+        return {k: np.concatenate([p[k] for p in parts]) for k in first}
+    return np.concatenate(parts)
 
 
 def map_arrays(X: Inputs, fn: Any) -> Inputs:

@@ -3,7 +3,9 @@
 Names are dotted. A model metric is ``<model>.<metric>`` with ``<model>`` ``dense`` or ``pruned``
 (``pruned.f1_macro``), per class ``<model>.<precision|recall|f1>.class_<k>``, on an edge-case set
 ``<model>.edge.<set>.<accuracy|f1_macro>`` (set names may contain dots: ``gaussian_noise_0.1``;
-the metric is the last component); same-run ratios have no model (``speedup``). In gate rules,
+the metric is the last component); on the suite's fixed test split ``<model>.test.<metric>`` (a
+quality metric, or per class ``<model>.test.<precision|recall|f1>.class_<k>``); same-run
+ratios have no model (``speedup``). In gate rules,
 ``vs_dense.<metric>`` compares the pruned model with the dense model of the same run, and
 ``class_*`` stands for every class.
 
@@ -99,6 +101,7 @@ class MetricRef:
     metric: str
     cls: int | str | None = None
     edge: str | None = None
+    test: bool = False  # measured on the suite's fixed test split
 
     # -- building
 
@@ -119,12 +122,17 @@ class MetricRef:
     def on_edge(cls, model: str, edge: str, metric: str) -> MetricRef:
         return _checked(cls(model, metric, edge=edge))
 
+    @classmethod
+    def on_test(cls, model: str, metric: str, k: int | None = None) -> MetricRef:
+        """A quality metric on the fixed test split (per class with ``k``)."""
+        return _checked(cls(model, metric, cls=k, test=True))
+
     def with_model(self, model: str) -> MetricRef:
         """The same metric of the other model (``pruned.x`` -> ``dense.x``)."""
-        return MetricRef(model, self.metric, self.cls, self.edge)
+        return MetricRef(model, self.metric, self.cls, self.edge, self.test)
 
     def with_class(self, k: int) -> MetricRef:
-        return MetricRef(self.model, self.metric, k, self.edge)
+        return MetricRef(self.model, self.metric, k, self.edge, self.test)
 
     # -- formatting
 
@@ -133,9 +141,10 @@ class MetricRef:
         """The name without its model (``f1_macro``, ``recall.class_1``, ``edge.blur.accuracy``)."""
         if self.edge is not None:
             return f"edge.{self.edge}.{self.metric}"
+        split = "test." if self.test else ""
         if self.cls is not None:
-            return f"{self.metric}.class_{self.cls}"
-        return self.metric
+            return f"{split}{self.metric}.class_{self.cls}"
+        return f"{split}{self.metric}"
 
     @property
     def name(self) -> str:
@@ -153,13 +162,18 @@ class MetricRef:
 
     @property
     def direction(self) -> Direction:
-        if self.edge is not None or self.cls is not None:
+        if self.edge is not None or self.cls is not None or self.test:
             return Direction.HIGHER
         return (MODEL_METRICS if self.model else RUN_METRICS)[self.metric]
 
     @property
     def hardware_bound(self) -> bool:
-        return self.edge is None and self.cls is None and self.metric in HARDWARE_BOUND
+        return (
+            self.edge is None
+            and self.cls is None
+            and not self.test
+            and self.metric in HARDWARE_BOUND
+        )
 
     @property
     def wildcard(self) -> bool:
@@ -186,6 +200,15 @@ def parse(name: str) -> MetricRef:
         if match := _CLASS_RE.match(base):
             k = match.group(2)
             return MetricRef(model, match.group(1), cls=k if k == ALL_CLASSES else int(k))
+        if base.startswith("test."):
+            rest = base.removeprefix("test.")
+            if rest in _QUALITY:
+                return MetricRef(model, rest, test=True)
+            if match := _CLASS_RE.match(rest):
+                k = match.group(2)
+                return MetricRef(
+                    model, match.group(1), cls=k if k == ALL_CLASSES else int(k), test=True
+                )
         if base.startswith("edge."):
             edge, _, metric = base.removeprefix("edge.").rpartition(".")
             if metric in EDGE_METRICS and edge and EDGE_SET_NAME.match(edge):
@@ -193,7 +216,8 @@ def parse(name: str) -> MetricRef:
     raise UnknownMetricError(
         f"{name!r} is not a metric; use dense.<m>, pruned.<m> or vs_dense.<m> with <m> one of "
         f"{', '.join(MODEL_METRICS)}, <precision|recall|f1>.class_<k|*>, "
-        f"edge.<set>.<{'|'.join(EDGE_METRICS)}>; or {', '.join(RUN_METRICS)}"
+        f"edge.<set>.<{'|'.join(EDGE_METRICS)}>, test.<quality metric or per-class metric>; "
+        f"or {', '.join(RUN_METRICS)}"
     )
 
 

@@ -10,12 +10,13 @@ import io
 import time
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness import inputs
+
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 
@@ -52,7 +53,7 @@ def classification_metrics(
     return out
 
 
-def model_stats(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
+def model_stats(model: nn.Module, example: inputs.Batch) -> dict[str, float]:
     """Parameters, non-zero parameters, weight sparsity, FLOPs (batch 1), serialized size and
     the estimated energy of one inference (``energy_nj``, the analytic model of harness.energy).
 
@@ -74,7 +75,7 @@ def model_stats(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
 
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        model(example[:1])
+        inputs.forward(model, inputs.take(example, slice(0, 1)))
     flops = counter.get_total_flops()
     by_module = counter.get_flop_counts()
     saved = 0.0
@@ -118,18 +119,27 @@ class Latency:
 
 
 def measure_latency(
-    models: list[nn.Module], X: np.ndarray, *, batch: int, warmup: int, repeats: int
+    models: list[nn.Module],
+    X: inputs.Inputs,
+    *,
+    batch: int,
+    warmup: int,
+    repeats: int,
+    device: str = "cpu",
 ) -> list[Latency]:
     """Time each model at batch 1 and at ``batch`` with interleaved repeats (same conditions).
 
     Models are timed in turn within each repeat so that drift of the machine affects all alike;
-    ``torch``'s thread count is whatever the caller fixed.
+    ``torch``'s thread count is whatever the caller fixed. On a CUDA device each call is timed
+    with CUDA events after a synchronization (kernels run asynchronously; a host clock would
+    time the launch only); on MPS the host clock brackets a synchronization.
     """
     import torch
 
-    xs = torch.as_tensor(X)
-    one = xs[:1]
-    big = xs[torch.arange(batch) % len(xs)]
+    xs = inputs.to_batch(X, device)
+    one = inputs.take(xs, slice(0, 1))
+    big = inputs.take(xs, (torch.arange(batch) % inputs.count(xs)).to(device))
+    timer = _timer(device)
     results = []
     times: dict[tuple[int, int], list[float]] = {}
     with torch.inference_mode():
@@ -138,16 +148,42 @@ def measure_latency(
         for inp_i, inp in enumerate((one, big)):
             for _ in range(warmup):
                 for m in models:
-                    m(inp)
+                    inputs.forward(m, inp)
             for _ in range(repeats):
                 for mi, m in enumerate(models):
-                    t0 = time.perf_counter_ns()
-                    m(inp)
-                    times.setdefault((mi, inp_i), []).append((time.perf_counter_ns() - t0) / 1e6)
+                    times.setdefault((mi, inp_i), []).append(timer(m, inp))
     for mi in range(len(models)):
         a, b = times[(mi, 0)], times[(mi, 1)]
         results.append(Latency(_pct(a, 50), _pct(a, 95), _pct(b, 50), _pct(b, 95)))
     return results
+
+
+def _timer(device: str) -> Any:
+    """``time(model, batch) -> milliseconds`` of one forward pass on ``device``."""
+    import torch
+
+    if device.startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def cuda_time(m: nn.Module, inp: Any) -> float:
+            torch.cuda.synchronize(device)
+            start.record()
+            inputs.forward(m, inp)
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+
+        return cuda_time
+    from harness.devices import synchronize
+
+    def host_time(m: nn.Module, inp: Any) -> float:
+        t0 = time.perf_counter_ns()
+        inputs.forward(m, inp)
+        if device != "cpu":
+            synchronize(device)
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    return host_time
 
 
 def _pct(values: list[float], q: int) -> float:

@@ -269,6 +269,8 @@ def reproducible(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     for key, label in (("arch", "architecture"), ("torch", "torch"), ("threads", "threads")):
         if fa.get(key) != fb.get(key):
             diffs.append(f"{label} {fa.get(key)} vs {fb.get(key)}")
+    if fa.get("device", "cpu") != fb.get("device", "cpu"):
+        diffs.append(f"device {fa.get('device', 'cpu')} vs {fb.get('device', 'cpu')}")
     na, nb = fa.get("numerics", {}), fb.get("numerics", {})
     portable = na.get("mode") == nb.get("mode") == "portable"
     if na.get("variables") != nb.get("variables"):
@@ -289,10 +291,12 @@ def _numerics_text(n: Mapping[str, Any]) -> str:
     return f"{mode} ({level}{extra})"
 
 
-def fingerprint(*, cpu: str, torch_build: str, threads: int) -> dict[str, Any]:
+def fingerprint(*, cpu: str, torch_build: str, threads: int, device: str = "cpu") -> dict[str, Any]:
     """What decides bit-reproducibility: architecture, CPU and its level, this process's
-    numerics, the torch build (version and commit) and the thread count."""
+    numerics, the torch build (version and commit), the thread count and the accelerator the
+    models ran on (absent for the CPU)."""
     return {
+        **({"device": device} if device != "cpu" else {}),
         "arch": _arch(platform.machine()),
         "cpu": cpu,
         "isa": host_level(),
@@ -311,6 +315,10 @@ def latency_needs_native_process() -> bool:
 
 class ChildError(HarnessError, RuntimeError):
     """A child process of another numerics mode died; one line."""
+
+
+class NotPicklableError(HarnessError, TypeError):
+    """A call's function or arguments do not pickle, so no child process can run it."""
 
 
 class Child:
@@ -339,9 +347,11 @@ class Child:
         """``fn(*args, **kwargs)`` in the child; its exceptions propagate."""
         # this process's import path travels with every call: a user's module directory added
         # after the child started (a conftest, a plugin) resolves there too
-        data = pickle.dumps(
-            ([p for p in sys.path if isinstance(p, str)], pickle.dumps((fn, args, kwargs)))
-        )
+        try:
+            call = pickle.dumps((fn, args, kwargs))
+        except (pickle.PicklingError, AttributeError, TypeError) as err:  # a lambda in a model
+            raise NotPicklableError(f"cannot send to a {self.mode} child process: {err}") from err
+        data = pickle.dumps(([p for p in sys.path if isinstance(p, str)], call))
         assert self.proc.stdin is not None and self.proc.stdout is not None
         with self.lock:
             try:

@@ -11,6 +11,7 @@ collected or a case result is recorded, so a session that collects no suite stay
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shlex
 from pathlib import Path
@@ -63,6 +64,14 @@ def _seconds(value: str, where: str = "--harness-time-budget") -> float:
     return seconds
 
 
+def _device_option(value: str, where: str = "--harness-device") -> str:
+    from harness.spec import device_problem
+
+    if (problem := device_problem(value)) is not None:
+        raise pytest.UsageError(f"{where}={value}: {problem}")
+    return value
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "prune-harness: pruning quality gate")
     group.addoption(
@@ -71,6 +80,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=_seconds,
         default=None,
         help="fail a case that runs longer (with a suite's own time_budget, the tighter wins)",
+    )
+    group.addoption(
+        "--harness-device",
+        metavar="DEVICE",
+        type=_device_option,
+        default=None,
+        help="run every suite on DEVICE: cpu, cuda, cuda:N, mps or auto (overrides the suites')",
     )
     group.addoption(
         "--harness-numerics",
@@ -133,6 +149,7 @@ INI_SETTINGS: tuple[tuple[str, str, Any], ...] = (
     ("harness_log_models", "save every fold's pruned state_dict with the artifacts", "bool"),
     ("harness_report", "write reports to this directory (relative to rootdir)", "string"),
     ("harness_time_budget", "seconds per case (the tighter of it and a suite's)", "string"),
+    ("harness_device", "device for every suite: cpu, cuda, cuda:N, mps or auto", "string"),
 )
 
 
@@ -149,6 +166,8 @@ def _setting(config: pytest.Config, name: str) -> Any:
         return Path(str(config.rootpath)) / str(ini).strip()
     if name == "harness_time_budget":
         return _seconds(str(ini).strip(), "harness_time_budget (ini)")
+    if name == "harness_device":
+        return _device_option(str(ini).strip(), "harness_device (ini)")
     if name == "harness_mlflow_uri":
         return _uri(str(ini), "harness_mlflow_uri (ini)")
     return ini
@@ -249,6 +268,7 @@ def pytest_configure(config: pytest.Config) -> None:
         tracked=not _setting(config, "harness_no_mlflow"),
         log_models=bool(_setting(config, "harness_log_models")),
         time_budget=_setting(config, "harness_time_budget"),
+        device=_setting(config, "harness_device"),
     )
     config.stash[_SETTINGS_KEY] = settings
     if hasattr(config, "workerinput"):
@@ -310,8 +330,12 @@ class SuiteFile(pytest.File):
         from harness.spec import SpecError, load_suite
 
         add_import_path(self.config.rootpath)  # user modules in the project root import
+        device = self.config.stash[_SETTINGS_KEY].device
         try:
-            suite = resolve(load_suite(self.path))
+            suite = load_suite(self.path)
+            if device is not None:  # the session's device is the one to check
+                suite = dataclasses.replace(suite, device=device)
+            suite = resolve(suite)
         except SpecError as err:
             raise self.CollectError(str(err)) from None
         for case in suite.cases:

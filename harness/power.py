@@ -92,18 +92,20 @@ def measure_energy(
 
     import torch
 
-    xs = torch.as_tensor(X)
-    big = xs[torch.arange(batch) % len(xs)]
+    from harness import inputs
+
+    xs = inputs.to_batch(X)
+    big = inputs.take(xs, torch.arange(batch) % inputs.count(xs))
     per_model: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
         for m in models:
             m.eval()
-            m(big)  # warm-up
+            inputs.forward(m, big)  # warm-up
         for _ in range(rounds):
             for i, m in enumerate(models):
                 samples, start, t0 = 0, counter.read(), clock()
                 while clock() - t0 < seconds:
-                    m(big)
+                    inputs.forward(m, big)
                     samples += batch
                 per_model[i].append(counter.joules_since(start) * 1e6 / samples)
     return [statistics.median(v) for v in per_model]

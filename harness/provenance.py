@@ -25,12 +25,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(threads: int) -> dict[str, Any]:
+def environment(threads: int, *, device: str = "cpu") -> dict[str, Any]:
     """The environment stored with a result and its baseline. ``hardware`` (architecture, CPU,
     instruction-set level, numerics, torch build, threads) decides whether quality metrics are
     expected to be bit-identical (:func:`harness.numerics.reproducible`); ``machine``, ``cpu``,
     ``cpu_count`` and ``threads`` whether latencies compare
-    (:func:`harness.baseline.same_hardware`)."""
+    (:func:`harness.baseline.same_hardware`). ``device`` names the accelerator models ran on
+    (``cuda NVIDIA H200``; recorded in ``hardware`` when it is not the CPU)."""
     import torch
 
     versions: dict[str, str | None] = {}
@@ -42,7 +43,7 @@ def environment(threads: int) -> dict[str, Any]:
     cpu = _cpu_name()
     git_version = getattr(torch.version, "git_version", "") or ""
     build = f"{torch.__version__} ({git_version[:12]})" if git_version else torch.__version__
-    hardware = numerics.fingerprint(cpu=cpu, torch_build=build, threads=threads)
+    hardware = numerics.fingerprint(cpu=cpu, torch_build=build, threads=threads, device=device)
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -51,6 +52,7 @@ def environment(threads: int) -> dict[str, Any]:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "threads": threads,
+        **({"device": device} if device != "cpu" else {}),
         "numerics": hardware["numerics"]["mode"],
         "hardware": hardware,
         "packages": versions,

@@ -29,10 +29,13 @@ def resolve(suite: SuiteSpec) -> SuiteSpec:
     SpecError
         The first problem, naming ``suite.source`` and the key.
     """
+    import numpy as np
+
+    from harness import inputs
     from harness.data import load_dataset
     from harness.data import registry as data_registry
     from harness.data.edge import check_edge
-    from harness.models import ModelError, build
+    from harness.models import ModelError, build, probe
     from harness.models import resolve as import_model
 
     source, base = suite.source, suite.base_dir
@@ -42,6 +45,14 @@ def resolve(suite: SuiteSpec) -> SuiteSpec:
     def fail(key: str, value: Any, problem: str) -> SpecError:
         return SpecError(source, key, value, problem)
 
+    from harness.devices import DeviceError
+    from harness.devices import resolve as resolve_device
+
+    try:
+        resolve_device(suite.device)
+    except DeviceError as err:
+        said = str(err).partition(": ")[2] or str(err)
+        raise fail("suite.device", suite.device, said) from None
     if (problem := data_registry.check(suite.dataset, suite.dataset_args, base)) is not None:
         raise fail("suite.dataset", suite.dataset, problem)
     ds = load_dataset(suite.dataset, suite.dataset_args, base)
@@ -52,12 +63,18 @@ def resolve(suite: SuiteSpec) -> SuiteSpec:
         except ModelError as err:
             raise fail(f"{where}.model", ref, str(err)) from err
         try:
-            return build(ref, ds.n_features, ds.n_classes, args)
+            model = build(ref, ds.spec, ds.n_classes, args)
         except ModelError as err:
             raise fail(f"{where}.model_args", dict(args), str(err)) from err
         except MemoryError:
             problem = "out of memory building the model"
             raise fail(f"{where}.model_args", dict(args), problem) from None
+        try:  # the model takes the data's inputs (shape, dtype) and returns (N, classes)
+            sample = inputs.map_arrays(inputs.take(ds.X, slice(0, 2)), np.array)  # writable
+            probe(model, ref, sample, ds.n_classes, finite=False)
+        except ModelError as err:
+            raise fail(f"{where}.model", ref, str(err)) from err
+        return model
 
     model = built(suite.model, suite.model_args, "suite")
     if suite.checkpoint is not None:
@@ -68,6 +85,20 @@ def resolve(suite: SuiteSpec) -> SuiteSpec:
         except ModelError as err:
             raise fail("dense.checkpoint", suite.checkpoint, str(err)) from err
     smallest = data_registry.smallest_class(suite.dataset, suite.dataset_args, base)
+    if suite.test is not None:
+        from harness.data.split import split_test
+
+        try:
+            rest, _ = split_test(
+                ds,
+                suite.test,
+                seed=suite.split_seed,
+                base=base,
+                args={k: v for k, v in suite.dataset_args.items() if k in ("shape", "kind")},
+            )
+        except data_registry.DatasetError as err:
+            raise fail("cv.test", suite.test, str(err)) from None
+        smallest = int(np.bincount(rest.y, minlength=ds.n_classes).min())
     if suite.folds > smallest:
         raise fail(
             "cv.folds", suite.folds, f"more folds than the smallest class has samples ({smallest})"

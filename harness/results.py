@@ -29,19 +29,31 @@ class MetricSummary:
     folds: tuple[float, ...]
     mean: float
     std: float
+    # percentile bootstrap 95 % CI of the mean over the test split's samples (test metrics)
+    ci: tuple[float, float] | None = None
 
     @classmethod
-    def of(cls, values: list[float]) -> MetricSummary:
+    def of(cls, values: list[float], ci: tuple[float, float] | None = None) -> MetricSummary:
         mean, std = summarize(values)
-        return cls(tuple(values), mean, std)
+        return cls(tuple(values), mean, std, ci)
 
     def to_dict(self) -> dict[str, Any]:
-        """The baseline / report form: ``{"folds": [...], "mean": x, "std": x}``."""
-        return {"folds": list(self.folds), "mean": self.mean, "std": self.std}
+        """The baseline / report form: ``{"folds": [...], "mean": x, "std": x}`` (and
+        ``"ci": [low, high]`` where there is one)."""
+        out: dict[str, Any] = {"folds": list(self.folds), "mean": self.mean, "std": self.std}
+        if self.ci is not None:
+            out["ci"] = list(self.ci)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MetricSummary:
-        return cls(tuple(float(v) for v in data["folds"]), float(data["mean"]), float(data["std"]))
+        ci = data.get("ci")
+        return cls(
+            tuple(float(v) for v in data["folds"]),
+            float(data["mean"]),
+            float(data["std"]),
+            (float(ci[0]), float(ci[1])) if isinstance(ci, list | tuple) and len(ci) == 2 else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness import _util, numerics
+from harness import _util, devices, inputs, numerics
 from harness import metrics as M
 from harness._util import HarnessError
 from harness.data import Dataset, Fold, load_dataset, make_folds
+from harness.data.split import TestSplit, bootstrap_mean_ci, split_test
 from harness.metricnames import MODELS, MetricRef, model_names
 from harness.models import (
-    ModelError,
     build,
     checkpoint_digest,
     checkpoint_path,
     load_checkpoint,
+    probe,
     source_digest,
 )
 from harness.power import measure_energy, rapl_counter
@@ -83,6 +84,7 @@ class DenseCache:
             numerics.current().mode,
             torch.__version__,
             str(fold.index),
+            *([_device(suite)] if _device(suite) != "cpu" else []),
         )
 
     def get(self, key: tuple[str, ...]) -> _Dense | None:
@@ -129,47 +131,27 @@ class CaseError(HarnessError):
     line naming the model, the fold and the problem."""
 
 
+@functools.cache
+def _resolved_device(text: str) -> str:
+    return devices.resolve(text)
+
+
+def _device(suite: SuiteSpec) -> str:
+    """The torch device the suite runs on (``device = "auto"`` resolved once per process)."""
+    return _resolved_device(suite.device)
+
+
 def _new_model(suite: SuiteSpec, ds: Dataset, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return build(suite.model, ds.n_features, ds.n_classes, suite.model_args)
+    return build(suite.model, ds.spec, ds.n_classes, suite.model_args).to(_device(suite))
 
 
-def _probe(model: nn.Module, ref: str, X: np.ndarray, n_classes: int) -> None:
-    """Check a freshly built model before training it: it has trainable parameters and maps a
-    batch to finite floating-point logits of shape ``(batch, n_classes)``. Evaluation mode and
-    no gradients: no random numbers are drawn and no statistics move."""
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ModelError(f"{ref}: the model has no trainable parameters")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.as_tensor(X))
-    except Exception as err:  # the user's forward may raise anything
-        first = (str(err).strip().splitlines() or [""])[0][:300]
-        raise ModelError(
-            f"{ref}: forward on a batch of shape {tuple(X.shape)} failed "
-            f"({type(err).__name__}: {first})"
-        ) from err
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor):
-        raise ModelError(f"{ref}: forward returned {type(out).__name__}, not a tensor of logits")
-    if not out.is_floating_point():
-        raise ModelError(f"{ref}: forward returned {out.dtype} logits; expected floating point")
-    if tuple(out.shape) != (len(X), n_classes):
-        raise ModelError(
-            f"{ref}: forward on a batch of shape {tuple(X.shape)} returned shape "
-            f"{tuple(out.shape)}; expected {(len(X), n_classes)} (batch, classes)"
-        )
-    if not torch.isfinite(out).all():
-        raise ModelError(f"{ref}: the untrained model already returns NaN or infinite logits")
-
-
-def _evaluate(model: nn.Module, fold: Fold, ds: Dataset, what: str) -> _Evaluation:
+def _evaluate(
+    model: nn.Module, fold: Fold, ds: Dataset, what: str, device: str = "cpu"
+) -> _Evaluation:
     from sklearn.metrics import confusion_matrix
 
-    logits = predict_logits(model, fold.X_val)
+    logits = predict_logits(model, fold.X_val, device=device)
     if not np.isfinite(logits).all():
         bad = int((~np.isfinite(logits)).any(axis=1).sum())
         raise CaseError(
@@ -177,11 +159,11 @@ def _evaluate(model: nn.Module, fold: Fold, ds: Dataset, what: str) -> _Evaluati
             f"{len(logits)} validation samples"
         )
     val_pred = logits.argmax(1)
-    train_pred = predict_logits(model, fold.X_train).argmax(1)
+    train_pred = predict_logits(model, fold.X_train, device=device).argmax(1)
     out = M.classification_metrics(fold.y_val, val_pred, ds.n_classes)
     out["train_accuracy"] = float((train_pred == fold.y_train).mean())
     out["train_val_gap"] = out["train_accuracy"] - out["accuracy"]
-    out.update(M.model_stats(model, torch.as_tensor(fold.X_val[:1])))
+    out.update(M.model_stats(model, inputs.to_batch(inputs.take(fold.X_val, slice(0, 1)), device)))
     confusion = confusion_matrix(fold.y_val, val_pred, labels=list(range(ds.n_classes)))
     return _Evaluation(out, confusion, val_pred, logits)
 
@@ -213,13 +195,14 @@ def _dense(suite: SuiteSpec, ds: Dataset, fold: Fold, cache: DenseCache) -> _Den
     model = _new_model(suite, ds, seed)
     if suite.checkpoint is not None:  # the user's trained weights
         load_checkpoint(model, checkpoint_path(suite.checkpoint, suite.base_dir))
-    _probe(model, suite.model, fold.X_train[:2], ds.n_classes)
+    device = _device(suite)
+    probe(model, suite.model, inputs.take(fold.X_train, slice(0, 2)), ds.n_classes, device=device)
     try:
-        _fit(model, fold.X_train, fold.y_train, suite.train, seed=seed)
+        _fit(model, fold.X_train, fold.y_train, suite.train, seed=seed, device=device)
     except TrainingError as err:
         raise CaseError(f"fold {fold.index}: dense {err}") from None
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    entry = _Dense(state, _evaluate(model, fold, ds, "dense"))
+    entry = _Dense(state, _evaluate(model, fold, ds, "dense", device))
     cache.put(key, entry)
     return entry
 
@@ -254,7 +237,7 @@ def _edge_metrics(
         )
         present = np.unique(y)  # slices hold some classes only: average over those
         for model_name, model in models.items():
-            pred = predict_logits(model, X).argmax(1)
+            pred = predict_logits(model, X, device=_device(suite)).argmax(1)
             out[MetricRef.on_edge(model_name, edge.name, "accuracy").name] = float(
                 accuracy_score(y, pred)
             )
@@ -278,18 +261,42 @@ class FoldResult:
     layer_sparsity: dict[str, float]
     pruned: nn.Module
     findings: list[dict[str, Any]] = field(default_factory=list)
+    test_pred: dict[str, np.ndarray] = field(default_factory=dict)  # per model, on the test split
 
 
 def run_fold(
-    suite: SuiteSpec, case: CaseSpec, ds: Dataset, fold: Fold, *, cache: DenseCache | None = None
+    suite: SuiteSpec,
+    case: CaseSpec,
+    ds: Dataset,
+    fold: Fold,
+    *,
+    cache: DenseCache | None = None,
+    test: TestSplit | None = None,
 ) -> FoldResult:
-    """Prune and measure one fold (the dense model from ``cache``, trained on a miss)."""
+    """Prune and measure one fold (the dense model from ``cache``, trained on a miss), and both
+    models on the fixed ``test`` split when there is one."""
     cached = _dense(suite, ds, fold, cache if cache is not None else DenseCache())
     dense = _new_model(suite, ds, 0)
     dense.load_state_dict(cached.state)
     dense.eval()
     pruned = prune_fold(suite, case, ds, fold, dense)
-    return measure_fold(suite, case, ds, fold, dense, cached.evaluation, pruned)
+    result = measure_fold(suite, case, ds, fold, dense, cached.evaluation, pruned)
+    if test is None:
+        return result
+    X_test = fold.scale(test.X)  # with the fold's training scaler, like its validation data
+    for model_name, model in (("dense", dense), ("pruned", pruned)):
+        logits = predict_logits(model, X_test, device=_device(suite))
+        if not np.isfinite(logits).all():
+            raise CaseError(
+                f"fold {fold.index}: the {model_name} model returns NaN or infinite logits on the "
+                "test split"
+            )
+        pred = logits.argmax(1)
+        result.test_pred[model_name] = pred
+        quality = M.classification_metrics(test.y, pred, ds.n_classes)
+        for base, value in quality.items():
+            result.metrics[f"{model_name}.test.{base}"] = value
+    return result
 
 
 def prune_fold(
@@ -298,9 +305,10 @@ def prune_fold(
     """The pruned model of one fold: the case's method on its schedule (or at initialization),
     fine-tuned after each round, made permanent, and deployed (``deploy = "csr"``)."""
     seed = suite.seed * 1000 + fold.index
+    device = _device(suite)
     pruner = create(case.prune)
     ctx = PruneContext(
-        torch.as_tensor(fold.X_train[:64]),
+        inputs.to_batch(inputs.take(fold.X_train, slice(0, 64)), device),
         fold.X_train,
         fold.y_train,
         seed,
@@ -308,13 +316,14 @@ def prune_fold(
         teacher=dense,
         model_args=suite.model_args,
         build=lambda args: build(
-            suite.model, ds.n_features, ds.n_classes, {**suite.model_args, **args}
-        ),
+            suite.model, ds.spec, ds.n_classes, {**suite.model_args, **args}
+        ).to(device),
+        device=device,
     )
     if pruner.at_init:
         # prune the dense model's initialization, then train the sparse network (masks held)
         pruned = pruner.step(_new_model(suite, ds, seed), case.prune.sparsity, ctx)
-        _fit(pruned, fold.X_train, fold.y_train, suite.train, seed=seed)
+        _fit(pruned, fold.X_train, fold.y_train, suite.train, seed=seed, device=device)
         targets: list[float] = []
     else:
         pruned = copy.deepcopy(dense)
@@ -322,9 +331,9 @@ def prune_fold(
     for round_i, target in enumerate(targets):
         pruned = pruner.step(pruned, target, ctx)
         if case.finetune is not None:
-            _finetune(pruned, case, fold, dense, seed=seed + 100 * (round_i + 1))
+            _finetune(pruned, case, fold, dense, seed=seed + 100 * (round_i + 1), device=device)
     if pruner.at_init and case.finetune is not None:
-        _finetune(pruned, case, fold, dense, seed=seed + 100)
+        _finetune(pruned, case, fold, dense, seed=seed + 100, device=device)
     pruned = pruner.finalize(pruned)
     if case.deploy == "csr":
         from harness.deploy import to_sparse_csr
@@ -345,7 +354,7 @@ def measure_fold(
 ) -> FoldResult:
     """Every metric of one fold: quality and statistics of both models, latency (and RAPL
     energy), same-run ratios, edge-case sets and the checks."""
-    pruned_eval = _evaluate(pruned, fold, ds, "pruned")
+    pruned_eval = _evaluate(pruned, fold, ds, "pruned", _device(suite))
     lat, uj = measure_speed([dense, pruned], fold.X_val, suite)
     dense_metrics = {**dense_eval.metrics, **lat[0].as_metrics()}
     pruned_metrics = {**pruned_eval.metrics, **lat[1].as_metrics()}
@@ -360,7 +369,7 @@ def measure_fold(
     out["energy_reduction"] = 1 - pruned_metrics["energy_nj"] / dense_metrics["energy_nj"]
     out["disagreement_rate"] = float((dense_eval.pred != pruned_eval.pred).mean())
     out.update(_edge_metrics(suite, case, ds, fold, dense_eval, {"dense": dense, "pruned": pruned}))
-    findings = _checks(suite, fold, dense, pruned, out)
+    findings = _checks(suite, fold, dense, pruned, out, vocab=ds.spec.vocab)
     return FoldResult(
         out,
         fold.val_idx,
@@ -381,25 +390,33 @@ def measure_speed(
     native kernels: in this process, or, when this process is pinned below the CPU's own level
     (portable numerics on an AVX-512 CPU), in a native child process (``native_process``
     forces either way)."""
+    device = _device(suite)
+    if device != "cpu":  # accelerator kernels are not the CPU numerics this process pins
+        return _measure_speed(models, X, suite.latency, suite.threads, device)
     if native_process is None:
         native_process = numerics.latency_needs_native_process()
     if native_process:
-        return numerics.run_in("native", _measure_speed, models, X, suite.latency, suite.threads)
+        try:
+            return numerics.run_in(
+                "native", _measure_speed, models, X, suite.latency, suite.threads
+            )
+        except numerics.NotPicklableError:  # a model holding a lambda: measured here, pinned
+            pass
     return _measure_speed(models, X, suite.latency, suite.threads)
 
 
 def _measure_speed(
-    models: list[nn.Module], X: np.ndarray, spec: LatencySpec, threads: int
+    models: list[nn.Module], X: Any, spec: LatencySpec, threads: int, device: str = "cpu"
 ) -> tuple[list[M.Latency], tuple[float, ...] | None]:
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         lat = M.measure_latency(
-            models, X, batch=spec.batch, warmup=spec.warmup, repeats=spec.repeats
+            models, X, batch=spec.batch, warmup=spec.warmup, repeats=spec.repeats, device=device
         )
         counter = rapl_counter()
         uj = None
-        if counter is not None:
+        if counter is not None and device == "cpu":
             uj = tuple(measure_energy(models, X, batch=spec.batch, counter=counter))
         return lat, uj
     finally:
@@ -412,7 +429,9 @@ def _fit(model: nn.Module, X: np.ndarray, y: np.ndarray, spec: TrainSpec, **kwar
         fit(model, X, y, spec, **kwargs)
 
 
-def _finetune(model: nn.Module, case: CaseSpec, fold: Fold, dense: nn.Module, *, seed: int) -> None:
+def _finetune(
+    model: nn.Module, case: CaseSpec, fold: Fold, dense: nn.Module, *, seed: int, device: str
+) -> None:
     assert case.finetune is not None
     teacher = dense if case.distill is not None else None
     _fit(
@@ -423,11 +442,18 @@ def _finetune(model: nn.Module, case: CaseSpec, fold: Fold, dense: nn.Module, *,
         seed=seed,
         teacher=teacher,
         distill=case.distill,
+        device=device,
     )
 
 
 def _checks(
-    suite: SuiteSpec, fold: Fold, dense: nn.Module, pruned: nn.Module, out: dict[str, float]
+    suite: SuiteSpec,
+    fold: Fold,
+    dense: nn.Module,
+    pruned: nn.Module,
+    out: dict[str, float],
+    *,
+    vocab: int | None = None,
 ) -> list[dict[str, Any]]:
     """Hypothesis property checks of the pruned model and the dense-vs-pruned differential
     search (harness.checks); adds their metrics to ``out`` and returns the minimal findings."""
@@ -436,12 +462,26 @@ def _checks(
     spec, seed = suite.checks, suite.seed * 1000 + fold.index
     found: list[Finding] = []
     if spec.properties:
-        failures = property_checks(pruned, fold.X_val, seed=seed, max_examples=spec.examples)
+        failures = property_checks(
+            pruned,
+            fold.X_val,
+            seed=seed,
+            max_examples=spec.examples,
+            vocab=vocab,
+            device=_device(suite),
+        )
         out["property_failures"] = float(len(failures))
         found += failures
     if spec.differential:
         rate, disagreements = differential_check(
-            dense, pruned, fold.X_val, seed=seed, radius=spec.radius, max_examples=spec.examples
+            dense,
+            pruned,
+            fold.X_val,
+            seed=seed,
+            radius=spec.radius,
+            max_examples=spec.examples,
+            vocab=vocab,
+            device=_device(suite),
         )
         out["perturbed_disagreement_rate"] = rate
         found += disagreements
@@ -486,6 +526,7 @@ def run_case(
     cache: DenseCache | None = None,
     keep_models: bool = False,
     time_budget: float | None = None,
+    device: str | None = None,
 ) -> CaseResult:
     """Run ``case`` over the suite's k folds; deterministic for the same spec, seeds and machine.
 
@@ -494,10 +535,13 @@ def run_case(
     its own; None: trained for this call). With ``keep_models`` the pruned ``state_dict`` of
     every fold is kept in ``CaseResult.pruned_states`` (not serialized). ``time_budget``
     (seconds; the tighter of it and the suite's ``time_budget``) stops the case with
-    :class:`harness._util.BudgetError`.
+    :class:`harness._util.BudgetError`. ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+    ``"mps"``, ``"auto"``) overrides the suite's.
     """
     from harness.resolution import resolve
 
+    if device is not None and device != suite.device:
+        suite = dataclasses.replace(suite, device=device)
     suite = resolve(suite).for_case(case)  # the case's own model, if it names one
     budgets = [b for b in (time_budget, suite.time_budget) if b is not None]
     budget = min(budgets) if budgets else None
@@ -532,6 +576,15 @@ def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool, cache: DenseC
 
     start = time.perf_counter()
     ds = load_dataset(suite.dataset, suite.dataset_args, suite.base_dir)
+    test: TestSplit | None = None
+    if suite.test is not None:
+        ds, test = split_test(
+            ds,
+            suite.test,
+            seed=suite.split_seed,
+            base=suite.base_dir,
+            args={k: v for k, v in suite.dataset_args.items() if k in ("shape", "kind")},
+        )
     folds: list[FoldResult] = []
     with _torch_settings(suite.threads):
         splits = make_folds(
@@ -544,11 +597,18 @@ def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool, cache: DenseC
         for fold in splits:
             _util.check_budget(f"before fold {fold.index + 1} of {suite.folds * suite.repeats}")
             try:
-                folds.append(run_fold(suite, case, ds, fold, cache=cache))
+                folds.append(run_fold(suite, case, ds, fold, cache=cache, test=test))
             except TrainingError as err:  # fine-tuning, or training inside a pruning method
                 raise CaseError(f"fold {fold.index}: pruned model's {err}") from None
     per_fold = [f.metrics for f in folds]
     summary = {n: MetricSummary.of([f[n] for f in per_fold]) for n in sorted(per_fold[0])}
+    if test is not None:  # bootstrap CIs over the test split's samples
+        for model_name in MODELS:
+            preds = [f.test_pred[model_name] for f in folds]
+            for metric in ("accuracy", "f1_macro"):
+                name = MetricRef.on_test(model_name, metric).name
+                ci = bootstrap_mean_ci(test.y, preds, ds.n_classes, metric, seed=suite.seed)
+                summary[name] = MetricSummary.of(list(summary[name].folds), ci)
     pie = exemplars(folds, np.asarray(ds.y), ds.n_classes)
     summary["pie_rate"] = MetricSummary((), pie["rate"], 0.0)
     summary["pie_count"] = MetricSummary((), float(pie["count"]), 0.0)
@@ -572,10 +632,20 @@ def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool, cache: DenseC
             "digest": ds.digest,
             "rows": len(ds.y),
             "features": ds.n_features,
+            **(
+                {}
+                if ds.spec.shape == (ds.n_features,) and not ds.spec.fields
+                else {"input": ds.spec.describe()}
+            ),
             "classes": ds.n_classes,
             "n_test": round(float(np.mean([len(f.val_idx) for f in folds]))),
             "n_train": len(ds.y) - round(float(np.mean([len(f.val_idx) for f in folds]))),
             **({"checkpoint": _checkpoint_digest(suite)} if suite.checkpoint else {}),
+            **(
+                {"test": {"source": test.source, "rows": len(test.y), "digest": test.digest}}
+                if test is not None
+                else {}
+            ),
         },
         class_names=ds.class_names,
         confusion={
@@ -586,10 +656,14 @@ def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool, cache: DenseC
         pie={k: pie[k] for k in ("ids", "mcnemar_b", "mcnemar_c")},
         findings=[f for fold in folds for f in fold.findings],
         env={
-            **environment(suite.threads),
+            **environment(suite.threads, device=devices.name(_device(suite))),
             "latency_kernels": "native process"
             if numerics.latency_needs_native_process()
             else f"this process ({numerics.current().mode})",
         },
-        pruned_states=tuple(f.pruned.state_dict() for f in folds) if keep_models else (),
+        pruned_states=tuple(
+            {k: v.detach().cpu() for k, v in f.pruned.state_dict().items()} for f in folds
+        )
+        if keep_models
+        else (),
     )

@@ -36,6 +36,7 @@ class Settings:
     artifacts_dir: Path | None = None
     log_models: bool = False
     time_budget: float | None = None  # seconds per case; the tighter of it and the suite's
+    device: str | None = None  # overrides every suite's device ("cpu", "cuda", "auto", ...)
 
     @classmethod
     def build(
@@ -48,6 +49,7 @@ class Settings:
         tracked: bool = True,
         log_models: bool = False,
         time_budget: float | None = None,
+        device: str | None = None,
     ) -> Settings:
         """Settings with paths resolved against ``root``. Case files go to the report directory,
         else (for MLflow to pick up) to ``.harness/artifacts`` when tracking is on."""
@@ -60,6 +62,7 @@ class Settings:
             artifacts_dir=artifacts,
             log_models=log_models,
             time_budget=time_budget,
+            device=device,
         )
 
 
@@ -131,14 +134,19 @@ def check_case(
         cache=cache,
         keep_models=settings.log_models,
         time_budget=settings.time_budget,
+        device=settings.device,
     )
     written = obtained = None
     warnings: list[str] = []
     if suite.checkpoint is not None:
+        held_out = (
+            f"gate on the test.* metrics of the fixed test split (cv.test = {suite.test!r})"
+            if suite.test is not None
+            else "set [cv] test to data held out from its training"
+        )
         warnings.append(
             f"{suite.name}: the dense model is the checkpoint {suite.checkpoint}; if it was "
-            "trained on this dataset, the k-fold validation folds are data it has seen (validate "
-            "on data held out from its training)"
+            f"trained on this dataset, the k-fold validation folds are data it has seen: {held_out}"
         )
     fresh = Baseline.from_result(result, threads=suite.threads)
     if settings.regen:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -134,6 +135,26 @@ def _reference(value: str) -> str | None:
     """A ``"module:callable"`` reference (whether it imports is for resolution)."""
     module, sep, attr = value.partition(":")
     return None if sep and module and attr else 'must look like "module:callable"'
+
+
+DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d{1,3}|mps|auto)$")
+
+
+def device_problem(value: str) -> str | None:
+    """The problem with a device name (``harness.devices`` resolves it), or None."""
+    if DEVICE_RE.match(value):
+        return None
+    return 'must be "cpu", "cuda", "cuda:N", "mps" or "auto"'
+
+
+def _device(value: str) -> str | None:
+    return device_problem(value)
+
+
+def _test_split(value: str | float) -> str | None:
+    if isinstance(value, str):
+        return None if value.strip() else "must be a dataset reference or a fraction in (0, 1)"
+    return None if 0 < value < 1 else "a held-out fraction must be in (0, 1)"
 
 
 def _dataset_ref(value: str) -> str | None:
@@ -328,6 +349,11 @@ class SuiteSpec:
     # None: `seed` (a different value keeps the models, changes the folds)
     fold_seed: int | None = option(None, check=_count("seed", 0))
     standardize: bool = True  # features scaled per training fold; false: as the data has them
+    # a fixed test split every fold's models are also measured on: a dataset reference
+    # ("npz:heldout.npz", any dataset name) or a fraction of the dataset held out (stratified,
+    # by `test_seed`, default the folds' seed); the k folds split what remains
+    test: str | float | None = option(None, check=_test_split)
+    test_seed: int | None = option(None, check=_count("seed", 0))
     checkpoint: str | None = option(None, check=_dataset_ref)  # [dense]: a state_dict file
     train: TrainSpec = field(default_factory=TrainSpec)
     latency: LatencySpec = field(default_factory=LatencySpec)
@@ -337,6 +363,8 @@ class SuiteSpec:
     source: str = "<python>"
     numerics: Numerics | None = None  # None: the session's (harness.numerics)
     time_budget: float | None = option(None, check=_budget)  # seconds per case (not hashed)
+    # where models train and run (not hashed: the hardware fingerprint records the device)
+    device: str = option("cpu", check=_device)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -353,6 +381,11 @@ class SuiteSpec:
     @property
     def cv_seed(self) -> int:
         return self.seed if self.fold_seed is None else self.fold_seed
+
+    @property
+    def split_seed(self) -> int:
+        """Seed of a held-out fraction (``test_seed``, default the folds' seed)."""
+        return self.cv_seed if self.test_seed is None else self.test_seed
 
     def edge_sets(self, case: CaseSpec) -> tuple[str, ...]:
         return self.edge if case.edge is None else case.edge
@@ -399,6 +432,7 @@ class SuiteSpec:
                 **({"fold_seed": self.cv_seed} if self.cv_seed != self.seed else {}),
                 **({"standardize": False} if not self.standardize else {}),
                 **({"checkpoint": self.checkpoint} if self.checkpoint is not None else {}),
+                **({"test": self.test, "test_seed": self.split_seed} if self.test else {}),
             }
         )
 
@@ -519,6 +553,7 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         "threads": suite.take_field(SuiteSpec, "threads"),
         "numerics": suite.take_field(SuiteSpec, "numerics"),
         "time_budget": suite.take_field(SuiteSpec, "time_budget"),
+        "device": suite.take_field(SuiteSpec, "device"),
     }
     suite.done()
     cv = top.sub("cv")
@@ -526,6 +561,8 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
     given["repeats"] = cv.take_field(SuiteSpec, "repeats")
     given["fold_seed"] = cv.take_field(SuiteSpec, "fold_seed", "seed")
     given["standardize"] = cv.take_field(SuiteSpec, "standardize")
+    given["test"] = cv.take_field(SuiteSpec, "test")
+    given["test_seed"] = cv.take_field(SuiteSpec, "test_seed")
     cv.done()
     dense = top.sub("dense")
     given["checkpoint"] = dense.take_field(SuiteSpec, "checkpoint")

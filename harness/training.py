@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness import inputs
 from harness._util import HarnessError, check_budget
 from harness.spec import DistillSpec, TrainSpec
 
@@ -91,11 +92,12 @@ def distillation_loss(
 
 def fit(
     model: nn.Module,
-    X: np.ndarray,
+    X: inputs.Inputs,
     y: np.ndarray,
     spec: TrainSpec,
     *,
     seed: int,
+    device: str | None = None,
     penalty: Callable[[nn.Module], torch.Tensor] | None = None,
     teacher: nn.Module | None = None,
     distill: DistillSpec | None = None,
@@ -113,8 +115,8 @@ def fit(
         teacher.eval()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
-    n = len(Xt)
+    Xt, yt = inputs.to_batch(X, device), torch.as_tensor(y).to(device or "cpu")
+    n = inputs.count(Xt)
     steps = max(1, -(-n // spec.batch_size))
     opt = _optimizer(model, spec)
     schedule = _Schedule(opt, spec, steps)
@@ -128,11 +130,14 @@ def fit(
         lrs.append(float(opt.param_groups[0]["lr"]))
         for start in range(0, n, spec.batch_size):
             idx = order[start : start + spec.batch_size]
+            if device is not None and device != "cpu":
+                idx = idx.to(device)
             opt.zero_grad(set_to_none=True)
-            out = model(Xt[idx])
+            xb = inputs.take(Xt, idx)
+            out = inputs.forward(model, xb)
             if teacher is not None and distill is not None:
                 with torch.no_grad():
-                    teacher_out = teacher(Xt[idx])
+                    teacher_out = inputs.forward(teacher, xb)
                 loss = distillation_loss(
                     out,
                     teacher_out,
@@ -161,9 +166,15 @@ def fit(
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Logits for every row of ``X`` (evaluation mode)."""
+def predict_logits(
+    model: nn.Module, X: inputs.Inputs, batch_size: int = 1024, *, device: str | None = None
+) -> np.ndarray:
+    """Logits for every sample of ``X`` (evaluation mode), as float numpy on the CPU."""
     model.eval()
-    Xt = torch.as_tensor(X)
-    out = [model(Xt[i : i + batch_size]) for i in range(0, len(Xt), batch_size)]
-    return torch.cat(out).numpy()
+    Xt = inputs.to_batch(X, device)
+    n = inputs.count(Xt)
+    out = [
+        inputs.forward(model, inputs.take(Xt, slice(i, i + batch_size)))
+        for i in range(0, n, batch_size)
+    ]
+    return torch.cat(out).float().cpu().numpy()

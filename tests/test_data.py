@@ -17,12 +17,16 @@ from harness.data.registry import DatasetError, names
 def _check_invariants(ds: Dataset) -> None:
     assert ds.X.dtype == np.float32
     assert ds.y.dtype == np.int64
-    assert ds.X.ndim == 2 and len(ds.X) == len(ds.y)
-    assert ds.n_features == ds.X.shape[1]
+    assert ds.X.ndim >= 2 and len(ds.X) == len(ds.y)
+    assert ds.sample_shape == ds.X.shape[1:]
+    assert ds.n_features == int(np.prod(ds.X.shape[1:]))
     assert set(np.unique(ds.y)) == set(range(ds.n_classes))
     assert not ds.X.flags.writeable and not ds.y.flags.writeable
     assert np.isfinite(ds.X).all()
-    assert ds.digest == hashlib.sha256(ds.X.tobytes() + ds.y.tobytes()).hexdigest()[:16]
+    raw = ds.X.tobytes()
+    if ds.X.ndim != 2:  # shaped samples: the digest covers the shape too
+        raw = f"|{ds.X.dtype}|{ds.X.shape}|".encode() + raw
+    assert ds.digest == hashlib.sha256(raw + ds.y.tobytes()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,8 +155,11 @@ def test_npz_file_with_string_labels_relative_path(tmp_path: Path) -> None:
     np.savez(tmp_path / "data.npz", X=X, y=y)
     ds = load_dataset("npz:data.npz", base=tmp_path)
     _check_invariants(ds)
-    assert ds.X.shape == (12, 6)
-    np.testing.assert_allclose(ds.X, X.reshape(12, 6).astype(np.float32))
+    assert ds.X.shape == (12, 2, 3) and ds.kind == "signal"  # npz keeps its shape: C x L
+    np.testing.assert_allclose(ds.X, X.astype(np.float32))
+    flat = load_dataset("npz:data.npz", {"shape": [6]}, base=tmp_path)
+    assert flat.X.shape == (12, 6) and flat.spec.shape == (6,)
+    np.testing.assert_allclose(flat.X, X.reshape(12, 6).astype(np.float32))
     assert ds.class_names == ("a", "b", "c")
     np.testing.assert_array_equal(ds.y, [1, 0, 2] * 4)
 

@@ -15,10 +15,11 @@ from sklearn.preprocessing import StandardScaler
 
 from harness.data import Dataset, Fold, load_dataset, make_folds
 from harness.data.edge import KINDS, check_edge, imbalanced_counts, make_edge_set
-from harness.edgesets import GRID_DATA, NAME_RE, PATH_KINDS, EdgeSet, parse_edge
+from harness.edgesets import GRID_DATA, NAME_RE, PATH_KINDS, TOKEN_DATA, EdgeSet, parse_edge
 
 NAME_PATTERN = re.compile(r"^[a-z0-9_.]+$")
-BUILTIN_KINDS = [k for k in KINDS if k not in PATH_KINDS]
+BUILTIN_KINDS = [k for k in KINDS if k not in PATH_KINDS and KINDS[k].data_kinds != TOKEN_DATA]
+TOKEN_KINDS = [k for k in KINDS if KINDS[k].data_kinds == TOKEN_DATA]
 GRID_KINDS = [k for k in BUILTIN_KINDS if KINDS[k].data_kinds == GRID_DATA]
 
 

@@ -29,10 +29,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "ml parts": (
         "harness._child",
+        "harness.devices",
         "harness.data",
         "harness.data.registry",
         "harness.data.folds",
+        "harness.data.split",
         "harness.data.edge",
+        "harness.inputs",
         "harness.models",
         "harness.training",
         "harness.pruning",

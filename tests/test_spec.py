@@ -606,9 +606,9 @@ BAD: dict[str, tuple[dict, str, str]] = {
         "'no_such_module_for_tests:mlp'",
     ),
     "unknown-model-callable": (
-        {("suite", "model"): "harness.models:transformer"},
+        {("suite", "model"): "harness.models:no_such_factory"},
         "suite.model",
-        "'harness.models:transformer'",
+        "'harness.models:no_such_factory'",
     ),
     "model-without-colon": (
         {("suite", "model"): "harness.models.mlp"},
@@ -1118,10 +1118,12 @@ def test_npz_with_lowercase_x_and_dict_source(
     rng = np.random.default_rng(2)
     np.savez(tmp_path / "lower.npz", x=rng.normal(size=(9, 2, 2)), y=np.array([0, 1, 2] * 3))
     monkeypatch.chdir(tmp_path)  # a spec from a dict resolves paths against the cwd
-    suite = suite_from_dict(_with({("suite", "dataset"): "npz:lower.npz"}))
+    flat = {("suite", "dataset"): "npz:lower.npz", ("suite", "dataset_args"): {"shape": [4]}}
+    suite = suite_from_dict(_with(flat))  # the MLP takes flat rows: shape flattens the samples
     assert suite.base_dir == Path.cwd()
     ds = load_dataset(suite.dataset, suite.dataset_args, suite.base_dir)
-    assert ds.X.shape == (9, 4)  # images are flattened
+    assert ds.X.shape == (9, 4)
+    assert load_dataset(suite.dataset, {}, suite.base_dir).X.shape == (9, 2, 2)  # as in the file
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,10 @@ Perturbations, any data kind (applied to the scaled validation fold ``fold.X_val
 - ``scale_drift[factor=1.5]``: multiply every feature by factor (a milder, gain-like drift).
 - ``shift_drift[delta=0.5]``: add delta to every feature.
 
-Geometric, image data (square side ``sqrt(n_features)``) and signal data (length ``n_features``),
-done on the raw validation rows and re-scaled with the training-fold scaler:
+Geometric, image data (samples ``C x H x W``, or flat rows of a square number of pixels: one
+channel of side ``sqrt(n_features)``) and signal data (``C x L``, or flat rows: one channel of
+length ``n_features``), done on the raw validation samples and re-scaled with the training-fold
+scaler; every channel of a sample moves together:
 
 - ``shift[pixels=1]``: translate by ``pixels`` along every axis (down and right; negative: up and
   left), zero fill.
@@ -26,6 +28,15 @@ done on the raw validation rows and re-scaled with the training-fold scaler:
 - ``occlusion[fraction=0.25]``: zero one random contiguous square patch (segment for signals)
   covering that fraction of the pixels, one position per sample.
 - ``contrast[factor=0.5]``: scale each sample around its own mean.
+
+Token sequences (``tokens`` data: int64 ids, optionally with an ``attention_mask``; id 0 is
+the padding / unknown id):
+
+- ``token_dropout[p=0.1]``: each real (unmasked) token becomes id 0 with probability p.
+- ``truncate[fraction=0.5]``: keep the first ``ceil(fraction * length)`` real tokens of each
+  sequence (at least one); the rest become id 0 and, with a mask, are masked out.
+- ``substitute[p=0.1]``: each real token becomes a uniformly random id in ``[1, vocab)`` with
+  probability p (``vocab``: one more than the dataset's largest id).
 
 Slices, any data kind:
 
@@ -36,9 +47,10 @@ Slices, any data kind:
 - ``imbalanced[ratio=10]``: resample the validation fold with replacement so that the class
   frequencies fall geometrically from 1 to 1/ratio (classes ranked by training-fold frequency).
 
-User files, any data kind: ``npz:PATH`` (arrays ``X`` and ``y``) and ``csv:PATH`` (features,
-label last, optional header), PATH relative to the suite file's directory. Raw features are scaled
-with the training-fold scaler; labels are matched against the dataset's class names.
+User files: ``npz:PATH`` (arrays ``X`` and ``y``; any data kind with one input array: samples of
+the dataset's shape, or flat rows of as many values) and ``csv:PATH`` (features, label last,
+optional header; real-valued data), PATH relative to the suite file's directory. Raw features are
+scaled with the training-fold scaler; labels are matched against the dataset's class names.
 
 Names (:attr:`EdgeSet.name`, used in metric keys) match ``^[a-z0-9_.]+$``: the kind alone when
 no parameter is written (``extremes``), ``KIND_PARAM`` otherwise (``gaussian_noise_0.1``,
@@ -54,19 +66,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
-from sklearn.preprocessing import StandardScaler
 
+from harness import inputs
 from harness.data import registry
 from harness.data.folds import Fold
 from harness.data.registry import Dataset
 from harness.edgesets import (
+    ALL_DATA,
     GRID_DATA,
     KIND_INFO,
     PARAM_RULES,
     PATH_KINDS,
+    TOKEN_DATA,
     EdgeSet,
     _number,
     known_kinds,
@@ -86,25 +100,23 @@ class EdgeContext:
     rng: np.random.Generator
     base: Path
 
-    @cached_property
-    def scaler(self) -> StandardScaler:
-        """The training-fold scaler, fitted exactly as :func:`harness.data.make_folds` does."""
-        return StandardScaler().fit(self.dataset.X[self.fold.train_idx])
-
-    def scale(self, raw: np.ndarray) -> np.ndarray:
-        """Raw features -> the fold's scaled space (cast to float32 first, like the dataset);
-        the identity for a fold that is not standardized."""
-        raw32 = np.asarray(raw, dtype=np.float32)
-        if not self.fold.standardized:
-            return raw32
-        return np.asarray(self.scaler.transform(raw32), dtype=np.float32)
+    def scale(self, raw: Any) -> Any:
+        """Raw inputs -> the fold's scaled space (cast to the dataset's dtypes first), with the
+        training-fold scaler of :func:`harness.data.make_folds`; as they are for a fold that is
+        not standardized."""
+        return self.fold.scale(raw)
 
     def raw_val(self) -> np.ndarray:
-        """The raw (unscaled) validation rows, float64."""
-        return np.asarray(self.dataset.X[self.fold.val_idx], dtype=np.float64)
+        """The raw (unscaled) validation samples, float64."""
+        return np.asarray(inputs.take(self.dataset.X, self.fold.val_idx), dtype=np.float64)
+
+    @cached_property
+    def vocab(self) -> int:
+        """Token ids are in ``[0, vocab)`` (the dataset's)."""
+        return self.dataset.spec.vocab or 1
 
 
-EdgeGenerator = Callable[[EdgeSet, EdgeContext], tuple[np.ndarray, np.ndarray]]
+EdgeGenerator = Callable[[EdgeSet, EdgeContext], tuple[Any, np.ndarray]]
 
 
 class EdgeKind(NamedTuple):
@@ -121,7 +133,13 @@ class EdgeKind(NamedTuple):
 
 
 def _val(ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
+    """The scaled validation fold (float64 copy) of real-valued data."""
     return np.array(ctx.fold.X_val, dtype=np.float64), np.asarray(ctx.fold.y_val, np.int64)
+
+
+def _val_inputs(ctx: EdgeContext) -> tuple[Any, np.ndarray]:
+    """The scaled validation fold of any data kind (slices take rows of it)."""
+    return ctx.fold.X_val, np.asarray(ctx.fold.y_val, np.int64)
 
 
 def _gaussian_noise(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
@@ -150,12 +168,17 @@ def _shift_drift(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarra
 
 
 def _grid_shape(dataset: Dataset) -> tuple[int, ...]:
-    """(side, side) for images, (length,) for signals."""
+    """One sample as ``(channels, *spatial)``: ``C x H x W`` images and ``C x L`` signals as
+    they are; flat rows as one channel, ``(1, side, side)`` for images, ``(1, length)`` for
+    signals."""
+    shape = dataset.sample_shape
+    if len(shape) > 1:
+        return shape
     n = dataset.n_features
     if dataset.kind == "image":
         side = math.isqrt(n)
-        return (side, side)
-    return (n,)
+        return (1, side, side)
+    return (1, n)
 
 
 def _grid(
@@ -165,20 +188,22 @@ def _grid(
         raw = ctx.raw_val()
         shape = _grid_shape(ctx.dataset)
         out = transform(raw.reshape(len(raw), *shape), edge, ctx)
-        return ctx.scale(out.reshape(len(raw), -1)), np.asarray(ctx.fold.y_val, np.int64)
+        return ctx.scale(out.reshape(raw.shape)), np.asarray(ctx.fold.y_val, np.int64)
 
     return generate
 
 
 def _shift(grid: np.ndarray, edge: EdgeSet, ctx: EdgeContext) -> np.ndarray:
+    """``grid``: ``(N, C, *spatial)``; every spatial axis moves by the same pixels."""
     p = round(_value(edge))
     out = np.zeros_like(grid)
     if p == 0:
         return grid.copy()
     src = slice(0, -p) if p > 0 else slice(-p, None)
     dst = slice(p, None) if p > 0 else slice(0, p)
-    axes = grid.ndim - 1
-    out[(slice(None), *([dst] * axes))] = grid[(slice(None), *([src] * axes))]
+    axes = grid.ndim - 2
+    whole = (slice(None), slice(None))
+    out[(*whole, *([dst] * axes))] = grid[(*whole, *([src] * axes))]
     return out
 
 
@@ -186,7 +211,7 @@ def _blur(grid: np.ndarray, edge: EdgeSet, ctx: EdgeContext) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
     sigma = _value(edge)
-    return np.asarray(gaussian_filter(grid, sigma=(0.0,) + (sigma,) * (grid.ndim - 1)))
+    return np.asarray(gaussian_filter(grid, sigma=(0.0, 0.0) + (sigma,) * (grid.ndim - 2)))
 
 
 def _patch_size(fraction: float, shape: tuple[int, ...]) -> int:
@@ -197,12 +222,16 @@ def _patch_size(fraction: float, shape: tuple[int, ...]) -> int:
 
 
 def _occlusion(grid: np.ndarray, edge: EdgeSet, ctx: EdgeContext) -> np.ndarray:
-    shape = grid.shape[1:]
+    shape = grid.shape[2:]
     size = _patch_size(_value(edge), shape)
     out = grid.copy()
     starts = ctx.rng.integers(0, shape[0] - size + 1, size=(len(grid), len(shape)))
     for i, start in enumerate(starts):
-        window: tuple[int | slice, ...] = (i, *(slice(int(s), int(s) + size) for s in start))
+        window: tuple[int | slice, ...] = (
+            i,
+            slice(None),
+            *(slice(int(s), int(s) + size) for s in start),
+        )
         out[window] = 0.0
     return out
 
@@ -245,14 +274,14 @@ def minority_classes(fraction: float, train_counts: np.ndarray) -> np.ndarray:
     return order[: _count_of(fraction, len(train_counts))]
 
 
-def _minority(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
-    X, y = _val(ctx)
+def _minority(edge: EdgeSet, ctx: EdgeContext) -> tuple[Any, np.ndarray]:
+    X, y = _val_inputs(ctx)
     keep = np.isin(y, minority_classes(_value(edge), _train_counts(ctx)))
-    return X[keep], y[keep]
+    return inputs.take(X, keep), y[keep]
 
 
-def _hardest(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
-    X, y = _val(ctx)
+def _hardest(edge: EdgeSet, ctx: EdgeContext) -> tuple[Any, np.ndarray]:
+    X, y = _val_inputs(ctx)
     margin = np.asarray(ctx.dense_margin, dtype=np.float64)
     if margin.shape != (len(y),):
         raise ValueError(
@@ -263,7 +292,7 @@ def _hardest(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{edge.text}: dense_margin contains NaN or infinity")
     n = max(1, min(len(y), math.floor(_value(edge) * len(y) + 1e-9)))
     chosen = np.sort(np.argsort(margin, kind="stable")[:n])
-    return X[chosen], y[chosen]
+    return inputs.take(X, chosen), y[chosen]
 
 
 def imbalanced_counts(ratio: float, train_counts: np.ndarray, total: int) -> np.ndarray:
@@ -291,8 +320,8 @@ def imbalanced_counts(ratio: float, train_counts: np.ndarray, total: int) -> np.
     return np.maximum(1, np.rint(total * weights / weights.sum())).astype(np.int64)
 
 
-def _imbalanced(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
-    X, y = _val(ctx)
+def _imbalanced(edge: EdgeSet, ctx: EdgeContext) -> tuple[Any, np.ndarray]:
+    X, y = _val_inputs(ctx)
     counts = imbalanced_counts(_value(edge), _train_counts(ctx), len(y))
     parts = []
     for cls, count in enumerate(counts):
@@ -302,14 +331,69 @@ def _imbalanced(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray
             raise ValueError(f"{edge.text}: class {name!r} has no validation samples to resample")
         parts.append(ctx.rng.choice(members, size=int(count), replace=True))
     chosen = np.sort(np.concatenate(parts), kind="stable")
-    return X[chosen], y[chosen]
+    return inputs.take(X, chosen), y[chosen]
+
+
+# --------------------------------------------------------------------------------------------
+# token sequences
+
+
+def _tokens(ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray | None]:
+    """Copies of the validation token ids and attention mask (None without one)."""
+    X = ctx.fold.X_val
+    if isinstance(X, dict):
+        mask = X.get(inputs.MASK_FIELD)
+        return np.array(inputs.main(X)), None if mask is None else np.array(mask)
+    return np.array(X), None
+
+
+def _with_tokens(ctx: EdgeContext, ids: np.ndarray, mask: np.ndarray | None) -> Any:
+    X = ctx.fold.X_val
+    if isinstance(X, dict):
+        out = dict(X)
+        out[inputs.TOKEN_FIELD if inputs.TOKEN_FIELD in X else next(iter(X))] = ids
+        if mask is not None:
+            out[inputs.MASK_FIELD] = mask
+        return out
+    return ids
+
+
+def _real(ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Which positions hold real tokens: the mask's ones, else every position."""
+    return mask.astype(bool) if mask is not None else np.ones(ids.shape, dtype=bool)
+
+
+def _token_dropout(edge: EdgeSet, ctx: EdgeContext) -> tuple[Any, np.ndarray]:
+    ids, mask = _tokens(ctx)
+    ids[(ctx.rng.random(ids.shape) < _value(edge)) & _real(ids, mask)] = 0
+    return _with_tokens(ctx, ids, mask), np.asarray(ctx.fold.y_val, np.int64)
+
+
+def _truncate(edge: EdgeSet, ctx: EdgeContext) -> tuple[Any, np.ndarray]:
+    ids, mask = _tokens(ctx)
+    real = _real(ids, mask)
+    rank = np.cumsum(real, axis=-1)  # 1-based position among real tokens
+    keep = np.maximum(1, np.ceil(_value(edge) * real.sum(axis=-1, keepdims=True) - 1e-9))
+    cut = real & (rank > keep)
+    ids[cut] = 0
+    if mask is not None:
+        mask[cut] = 0
+    return _with_tokens(ctx, ids, mask), np.asarray(ctx.fold.y_val, np.int64)
+
+
+def _substitute(edge: EdgeSet, ctx: EdgeContext) -> tuple[Any, np.ndarray]:
+    ids, mask = _tokens(ctx)
+    hit = (ctx.rng.random(ids.shape) < _value(edge)) & _real(ids, mask)
+    if ctx.vocab > 1:
+        ids[hit] = ctx.rng.integers(1, ctx.vocab, size=int(hit.sum()))
+    return _with_tokens(ctx, ids, mask), np.asarray(ctx.fold.y_val, np.int64)
 
 
 # --------------------------------------------------------------------------------------------
 # user files
 
 
-def _user_file(edge: EdgeSet, ctx: EdgeContext) -> tuple[np.ndarray, np.ndarray]:
+def _user_file(edge: EdgeSet, ctx: EdgeContext) -> tuple[Any, np.ndarray]:
     raw, y = load_user_file(edge, ctx.dataset, ctx.base)
     return ctx.scale(raw), y
 
@@ -341,19 +425,30 @@ def load_user_file(edge: EdgeSet, dataset: Dataset, base: Path) -> tuple[np.ndar
     path = Path(edge.path) if Path(edge.path).is_absolute() else base / edge.path
     if not path.is_file():
         raise ValueError(f"{edge.text}: file not found: {path}")
+    if isinstance(dataset.X, dict):
+        raise ValueError(
+            f"{edge.text}: a user file holds one array; {dataset.name} has named inputs"
+        )
     X, labels, _, _ = registry.FILE_KINDS[edge.kind](path, {})
-    X = np.asarray(X, dtype=np.float32)
-    X = X.reshape(len(X), -1) if X.ndim != 2 else X
-    if len(X) == 0 or len(X) != len(labels):
+    X = np.asarray(X)
+    if X.ndim == 0 or len(X) == 0 or len(X) != len(labels):
         raise ValueError(
             f"{edge.text}: needs one label per row (X {X.shape}, y {np.shape(labels)})"
         )
-    if X.shape[1] != dataset.n_features:
+    values = int(np.prod(X.shape[1:]))
+    if values != dataset.n_features:
         raise ValueError(
-            f"{edge.text}: {X.shape[1]} features per row, {dataset.name} has {dataset.n_features}"
+            f"{edge.text}: {values} features per row, {dataset.name} has {dataset.n_features}"
         )
-    if not np.isfinite(X).all():
-        raise ValueError(f"{edge.text}: features contain NaN or infinity")
+    X = X.reshape(len(X), *dataset.sample_shape)  # flat rows of a shaped dataset, or as it is
+    if dataset.spec.is_tokens:
+        if X.dtype.kind not in "iu" or X.min() < 0:
+            raise ValueError(f"{edge.text}: token ids must be non-negative integers")
+        X = X.astype(np.int64)
+    else:
+        X = X.astype(np.float32)
+        if not np.isfinite(X).all():
+            raise ValueError(f"{edge.text}: features contain NaN or infinity")
     return X, map_labels(np.asarray(labels).ravel(), dataset, edge.text)
 
 
@@ -444,6 +539,9 @@ KINDS: dict[str, EdgeKind] = {
     "imbalanced": EdgeKind(_imbalanced, *KIND_INFO["imbalanced"]),
     "npz": EdgeKind(_user_file, *KIND_INFO["npz"]),
     "csv": EdgeKind(_user_file, *KIND_INFO["csv"]),
+    "token_dropout": EdgeKind(_token_dropout, *KIND_INFO["token_dropout"]),
+    "truncate": EdgeKind(_truncate, *KIND_INFO["truncate"]),
+    "substitute": EdgeKind(_substitute, *KIND_INFO["substitute"]),
 }
 
 
@@ -472,6 +570,12 @@ def check_edge(edge: EdgeSet, dataset: Dataset, base: Path | None = None) -> str
             f"{edge.kind} needs {' or '.join(entry.data_kinds)} data"
             f" ({dataset.name} is {dataset.kind})"
         )
+    if (
+        isinstance(dataset.X, dict)
+        and entry.data_kinds != TOKEN_DATA
+        and entry.data_kinds != ALL_DATA
+    ):
+        return f"{edge.kind} needs one input array ({dataset.name} has named inputs)"
     if edge.kind in PATH_KINDS:
         if edge.path is None:
             return f"{edge.kind} needs a file path ({edge.kind}:PATH)"
@@ -487,13 +591,16 @@ def check_edge(edge: EdgeSet, dataset: Dataset, base: Path | None = None) -> str
         return f"{edge.text}: {problem}"
     if entry.data_kinds == GRID_DATA:
         shape = _grid_shape(dataset)
-        if dataset.kind == "image" and shape[0] * shape[0] != dataset.n_features:
+        flat = len(dataset.sample_shape) == 1
+        if dataset.kind == "image" and flat and shape[1] * shape[1] != dataset.n_features:
             return (
                 f"{edge.kind} needs square images ({dataset.name} has {dataset.n_features}"
                 " features, not a square number)"
             )
-        if edge.kind == "shift" and abs(round(value)) >= shape[0]:
-            return f"{edge.text}: shift of {round(value)} pixels must be below {shape[0]}"
+        if dataset.kind == "image" and len(shape) != 3:
+            return f"{edge.kind} needs images C x H x W ({dataset.name} samples are {shape})"
+        if edge.kind == "shift" and abs(round(value)) >= min(shape[1:]):
+            return f"{edge.text}: shift of {round(value)} pixels must be below {min(shape[1:])}"
     return None
 
 
@@ -505,7 +612,7 @@ def make_edge_set(
     dense_margin: np.ndarray,
     seed: int,
     base: Path,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[Any, np.ndarray]:
     """Build one edge set from a validation fold.
 
     Parameters
@@ -544,4 +651,7 @@ def make_edge_set(
     X, y = KINDS[edge.kind].generator(edge, ctx)
     if len(y) == 0:
         raise ValueError(f"{edge.text}: the edge set is empty for fold {fold.index}")
-    return np.ascontiguousarray(X, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)
+    as_stored = inputs.map_arrays(
+        X, lambda a: np.ascontiguousarray(a, dtype=np.int64 if a.dtype.kind in "iu" else np.float32)
+    )
+    return as_stored, np.ascontiguousarray(y, dtype=np.int64)

@@ -8,6 +8,12 @@ offline by the ``mnist1d`` package), ``synthetic:classification`` (scikit-learn'
 ``dataset_args.header``) and ``module:callable``, the user's own function called with the
 ``dataset_args`` (see :func:`from_callable` for what it may return). Relative paths are resolved
 against the suite file's directory.
+
+Every dataset also takes two generic ``dataset_args``: ``shape`` (each sample reshaped to it, e.g.
+``[1, 8, 8]`` for the digits as images, ``[64]`` to flatten) and ``kind`` (``tabular``,
+``image``, ``signal`` or ``tokens``: which edge sets and scaling apply). Samples keep their shape:
+``X`` is ``(N, *sample_shape)``, float32, or int64 for ``tokens`` (ids >= 0, never scaled), or a
+mapping of named arrays for a multi-input model (its integer fields stay int64).
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness import inputs
 from harness._util import HarnessError
 
 
@@ -31,14 +38,20 @@ class DatasetError(HarnessError):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Features ``X`` (float32, one row per sample), labels ``y`` (int64, 0..n_classes-1)."""
+    """Inputs ``X`` (:data:`harness.inputs.Inputs`: ``(N, *sample_shape)`` float32 or int64
+    token ids, or named arrays), labels ``y`` (int64, 0..n_classes-1)."""
 
     name: str
-    X: np.ndarray
+    X: Any  # harness.inputs.Inputs
     y: np.ndarray
     class_names: tuple[str, ...]
-    kind: str  # "tabular", "image" or "signal": which edge cases make sense
+    kind: str  # "tabular", "image", "signal" or "tokens": which edge cases make sense
     digest: str
+
+    @cached_property
+    def spec(self) -> inputs.InputSpec:
+        """What one sample looks like (shape, dtype, token vocabulary): what factories get."""
+        return inputs.spec_of(self.X)
 
     @property
     def n_classes(self) -> int:
@@ -46,7 +59,12 @@ class Dataset:
 
     @property
     def n_features(self) -> int:
-        return int(self.X.shape[1])
+        """Values per sample (of the main input)."""
+        return self.spec.in_features
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.spec.shape
 
 
 def _sklearn(loader_name: str, kind: str) -> Callable[[Mapping[str, Any], Path], tuple]:
@@ -140,7 +158,13 @@ def _npz(path: Path, args: Mapping[str, Any]) -> tuple:
         raise DatasetError(f"{path}: X = array of shape {X.shape}: needs one row per sample")
     if np.ndim(y) != 1:
         raise DatasetError(f"{path}: y = array of shape {np.shape(y)}: needs one label per row")
-    return X.reshape(len(X), -1), y, None, "tabular"
+    return X, y, None, _kind_of_shape(X)
+
+
+def _kind_of_shape(X: np.ndarray) -> str:
+    """The data kind a file's array shape suggests: ``(N, C, H, W)`` images, ``(N, C, L)``
+    signals, else tabular (``dataset_args.kind`` says otherwise)."""
+    return {4: "image", 3: "signal"}.get(X.ndim, "tabular")
 
 
 CSV_ARGS = ("label", "header")
@@ -238,7 +262,8 @@ MNIST1D_MAX_SAMPLES = 10**6
 
 
 MAX_SAMPLES = 10**7  # samples a user's torch Dataset is materialized to at most
-KINDS = ("tabular", "image", "signal")
+KINDS = ("tabular", "image", "signal", "tokens")
+GENERIC_ARGS = ("shape", "kind")  # dataset_args every dataset takes
 # prefixes that name the harness's own datasets, never a user module
 RESERVED = ("sklearn", "synthetic", *FILE_KINDS)
 
@@ -257,9 +282,11 @@ def from_callable(ref: str, args: Mapping[str, Any]) -> tuple:
     """Call the user's dataset function ``ref`` with ``args`` as keyword arguments.
 
     It may return ``(X, y)``, ``(X, y, class_names)``, a mapping with keys ``X``, ``y`` and
-    optionally ``class_names`` and ``kind`` ("tabular", "image" or "signal": which edge sets
-    apply), or a ``torch.utils.data.Dataset`` of ``(features, label)`` pairs, which is
-    materialized once (at most :data:`MAX_SAMPLES` samples).
+    optionally ``class_names`` and ``kind`` ("tabular", "image", "signal" or "tokens": which edge
+    sets and scaling apply), or a ``torch.utils.data.Dataset`` of ``(features, label)`` pairs,
+    which is materialized once (at most :data:`MAX_SAMPLES` samples). ``X`` (and each sample of a
+    Dataset) may be an array of any shape or a mapping of named arrays (a multi-input model, as
+    ``{"input_ids": ..., "attention_mask": ...}``).
     """
     from harness._util import import_user_callable
 
@@ -292,9 +319,14 @@ def from_callable(ref: str, args: Mapping[str, Any]) -> tuple:
         raise DatasetError(f"{ref}: kind = {kind!r}: must be one of {', '.join(KINDS)}")
     if names is not None:
         names = [str(n) for n in names]
-    X = _array(ref, "X", X)
-    if X.ndim > 2:  # one row per sample, as for npz files
-        X = X.reshape(len(X), -1)
+    if isinstance(X, Mapping):
+        X = {str(k): _array(ref, f"X[{k!r}]", v) for k, v in X.items()}
+        if not X:
+            raise DatasetError(f"{ref}: X is an empty mapping (needs at least one named input)")
+        if inputs.TOKEN_FIELD in X and "kind" not in (out if isinstance(out, Mapping) else {}):
+            kind = "tokens"
+    else:
+        X = _array(ref, "X", X)
     return X, _array(ref, "y", y), names, kind
 
 
@@ -319,20 +351,39 @@ def _materialize(ref: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
             f"{ref}: a dataset of {n} samples; at most {MAX_SAMPLES} are materialized (the "
             "harness's bound)"
         )
-    xs, ys = [], []
+    xs: list[Any] = []
+    ys = []
     for i in range(n):
         item = data[i]
         if not (isinstance(item, tuple | list) and len(item) == 2):
             raise DatasetError(
                 f"{ref}: item {i} is {type(item).__name__}; expected a (features, label) pair"
             )
-        xs.append(_array(ref, f"item {i} features", item[0]))
+        if isinstance(item[0], Mapping):
+            xs.append({str(k): _array(ref, f"item {i} {k}", v) for k, v in item[0].items()})
+        else:
+            xs.append(_array(ref, f"item {i} features", item[0]))
         label = item[1]
         ys.append(label.item() if hasattr(label, "item") else label)
+    if not xs:
+        return np.zeros((0, 0)), np.asarray(ys)
+    if isinstance(xs[0], Mapping):
+        keys = list(xs[0])
+        if any(not isinstance(x, Mapping) or list(x) != keys for x in xs):
+            raise DatasetError(f"{ref}: items have different named inputs (the first: {keys})")
+        stacked = {}
+        for k in keys:
+            shapes = {x[k].shape for x in xs}
+            if len(shapes) > 1:
+                raise DatasetError(
+                    f"{ref}: items have {k} of different shapes ({sorted(shapes)[:3]})"
+                )
+            stacked[k] = np.stack([x[k] for x in xs])
+        return stacked, np.asarray(ys)  # type: ignore[return-value]
     shapes = {x.shape for x in xs}
     if len(shapes) > 1:
         raise DatasetError(f"{ref}: items have features of different shapes ({sorted(shapes)[:3]})")
-    return np.stack(xs) if xs else np.zeros((0, 0)), np.asarray(ys)
+    return np.stack(xs), np.asarray(ys)
 
 
 def load_dataset(
@@ -374,6 +425,9 @@ def _module_stamp(module: str) -> tuple[int, ...]:
 @lru_cache(maxsize=8)
 def _load(name: str, args_json: str, base: str, stamp: tuple[int, ...] = ()) -> Dataset:
     args = json.loads(args_json)
+    shape, kind_arg = args.pop("shape", None), args.pop("kind", None)
+    if kind_arg is not None and kind_arg not in KINDS:
+        raise DatasetError(f"kind = {kind_arg!r}: must be one of {', '.join(KINDS)}")
     kind, _, rest = name.partition(":")
     if name in BUILTIN:
         X, y, class_names, data_kind = BUILTIN[name](args, Path(base))
@@ -386,28 +440,73 @@ def _load(name: str, args_json: str, base: str, stamp: tuple[int, ...] = ()) -> 
         X, y, class_names, data_kind = from_callable(name, args)
     else:
         raise DatasetError(f"unknown dataset (known: {', '.join(names())})")
-    X = np.asarray(X)
-    if X.dtype.kind not in "biuf":
-        raise DatasetError(f"features have dtype {X.dtype}: need real numbers (int or float)")
-    with np.errstate(over="ignore"):  # values beyond float32 become inf: refused below
-        X = X.astype(np.float32)
+    data_kind = kind_arg or data_kind
     y = _labels(np.asarray(y))
-    if X.ndim != 2 or len(X) != len(y) or len(X) == 0 or X.shape[1] == 0:
-        raise DatasetError(
-            f"needs 2-D features and one row per label (X {X.shape}, y {np.shape(y)})"
-        )
-    if not np.isfinite(X).all():
-        raise DatasetError("features contain NaN or infinity")
+    if isinstance(X, Mapping):
+        if shape is not None:
+            raise DatasetError("shape applies to one input array, not to named inputs")
+        X = {
+            k: _features(v, k, integer=np.asarray(v).dtype.kind in "biu", n=len(y))
+            for k, v in X.items()
+        }
+    else:
+        X = np.asarray(X)
+        if shape is not None:
+            X = _reshaped(X, shape)
+        X = _features(X, "features", integer=data_kind == "tokens", n=len(y))
     labels, y_idx = np.unique(np.asarray(y), return_inverse=True)
     if len(labels) < 2:
         raise DatasetError("needs at least two classes")
     if class_names is None or len(class_names) != len(labels):
         class_names = [str(v) for v in labels]
     y_idx = y_idx.astype(np.int64)
-    digest = hashlib.sha256(X.tobytes() + y_idx.tobytes()).hexdigest()[:16]
-    X.setflags(write=False)
+    digest = hashlib.sha256(inputs.digest_bytes(X) + y_idx.tobytes()).hexdigest()[:16]
+    for a in X.values() if isinstance(X, Mapping) else [X]:
+        a.setflags(write=False)
     y_idx.setflags(write=False)
     return Dataset(name, X, y_idx, tuple(class_names), data_kind, digest)
+
+
+def _reshaped(X: np.ndarray, shape: Any) -> np.ndarray:
+    if not (
+        isinstance(shape, list)
+        and shape
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
+        raise DatasetError(f"shape = {shape!r}: must be a list of positive integers")
+    per_sample = int(np.prod(X.shape[1:])) if X.ndim >= 1 else 0
+    if X.ndim < 1 or int(np.prod(shape)) != per_sample:
+        raise DatasetError(
+            f"shape = {shape}: {int(np.prod(shape))} values per sample, the data have "
+            f"{per_sample} ({list(X.shape[1:])})"
+        )
+    return X.reshape(len(X), *shape)
+
+
+def _features(X: Any, what: str, *, integer: bool, n: int) -> np.ndarray:
+    """One input array checked and cast: float32 (int64 for token ids and other integer
+    fields), one sample per label, finite."""
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise DatasetError(f"{what} have dtype {X.dtype}: need real numbers (int or float)")
+    if X.ndim < 2 or len(X) != n or len(X) == 0 or X[0].size == 0:
+        raise DatasetError(
+            f"needs {what} of shape (samples, ...) with one sample per label "
+            f"(X {X.shape}, y ({n},))"
+        )
+    if integer:
+        if X.dtype.kind == "f" and (not np.isfinite(X).all() or (np.round(X) != X).any()):
+            raise DatasetError(f"{what}: token ids must be integers")
+        if X.min() < 0 or X.max() >= 2**31:
+            raise DatasetError(
+                f"{what}: token ids must be in [0, 2**31) (found {X.min()}..{X.max()})"
+            )
+        return X.astype(np.int64)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf: refused below
+        X = X.astype(np.float32)
+    if not np.isfinite(X).all():
+        raise DatasetError(f"{what} contain NaN or infinity")
+    return X
 
 
 def _labels(y: np.ndarray) -> np.ndarray:

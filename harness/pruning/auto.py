@@ -58,12 +58,17 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from harness import inputs
+from harness.inputs import Batch
 from harness.pruning.base import (
     IgnoreArgs,
     Problems,
     PruneContext,
+    PruneError,
     Pruner,
     PrunerArgs,
+    batch_of,
+    labels,
     layers_to_prune,
     leaf_weight,
     open_unit,
@@ -242,7 +247,7 @@ def calibration_indices(n: int, fraction: float, seed: int) -> np.ndarray:
 
 def sensitivity(
     model: nn.Module,
-    X: torch.Tensor,
+    X: Batch,
     y: torch.Tensor,
     grid: Sequence[float],
     max_layer: float,
@@ -272,13 +277,11 @@ def sensitivity(
     return curves
 
 
-def _loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
-    return float(nn.functional.cross_entropy(model(X), y))
+def _loss(model: nn.Module, X: Batch, y: torch.Tensor) -> float:
+    return float(nn.functional.cross_entropy(inputs.forward(model, X), y))
 
 
-def _loss_pruned(
-    model: nn.Module, module: nn.Module, s: float, X: torch.Tensor, y: torch.Tensor
-) -> float:
+def _loss_pruned(model: nn.Module, module: nn.Module, s: float, X: Batch, y: torch.Tensor) -> float:
     """The loss with ``module`` alone pruned to ``s`` by magnitude (restored afterwards)."""
     leaf = leaf_weight(module)
     saved = leaf.detach().clone()
@@ -324,7 +327,7 @@ def _magnitude_keep(module: nn.Module, n_prune: int) -> torch.Tensor:
 # Costs per weight
 
 
-def weight_costs(model: nn.Module, example: torch.Tensor, budget: str) -> dict[str, float]:
+def weight_costs(model: nn.Module, example: Batch, budget: str) -> dict[str, float]:
     """Cost of one nonzero weight of every prunable layer (see the module docstring): 1, its
     MACs per inference (its output positions, from :func:`harness.energy.layer_traces`), or its
     energy in pJ (:func:`harness.energy.weight_cost_pj`)."""
@@ -335,10 +338,10 @@ def weight_costs(model: nn.Module, example: torch.Tensor, budget: str) -> dict[s
         raise ValueError(f"budget = {budget!r}: must be one of {', '.join(BUDGETS)}")
     from harness.energy import layer_traces, weight_cost_pj
 
-    traces = layer_traces(model, example[:1])
+    traces = layer_traces(model, inputs.take(example, slice(0, 1)))
     unused = [name for name, m in layers if m not in traces]
     if unused:
-        raise ValueError(f"layer(s) {', '.join(unused)} not reached by a forward pass")
+        raise PruneError(f"layer(s) {', '.join(unused)} not reached by a forward pass")
     if budget == "flops":
         return {name: float(traces[m].positions) for name, m in layers}
     return {name: weight_cost_pj(traces[m].positions) for name, m in layers}
@@ -404,10 +407,11 @@ class AutoPruner(Pruner):
                 f"below the target sparsity {spec.sparsity} (no allocation can meet the budget)",
             )
 
-    def calibration(self, ctx: PruneContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def calibration(self, ctx: PruneContext) -> tuple[Batch, torch.Tensor]:
         """The calibration slice of the training fold (deterministic for ``ctx.seed``)."""
         idx = calibration_indices(len(ctx.y_train), self.args.calibration, ctx.seed)
-        return torch.as_tensor(ctx.X_train[idx]), torch.as_tensor(ctx.y_train[idx]).long()
+        X = batch_of(inputs.take(ctx.X_train, idx), ctx.device)
+        return X, labels(ctx.y_train[idx], ctx.device).long()
 
     def rates_for(self, model: nn.Module, target: float, ctx: PruneContext) -> dict[str, float]:
         """Per-layer sparsities for the cumulative ``target`` (stored in ``self.rates``)."""

@@ -27,6 +27,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.utils import prune
 
+from harness import inputs
+from harness._util import HarnessError
 from harness.inputs import Batch, Inputs
 from harness.schema import SpecError, Table, option, validate
 from harness.spec import PruneSpec, TrainSpec
@@ -34,6 +36,11 @@ from harness.spec import PruneSpec, TrainSpec
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 Problems = Iterator[tuple[str, Any, str]]  # (key, value, problem), as schema's ``problems()``
+
+
+class PruneError(HarnessError):
+    """A technique cannot prune this model or these inputs (one line naming the method and
+    why: ``lrp: needs floating-point inputs (the data are int64 token ids)``)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +58,63 @@ class PruneContext:
     build: Callable[[Mapping[str, Any]], nn.Module] | None = None
     model_args: Mapping[str, Any] = field(default_factory=dict)  # the suite's
     device: str = "cpu"  # where the model and every batch live (torch.device string)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs (any shape and type, harness.inputs): what the techniques feed the model
+
+
+def batch_of(
+    X: Inputs | Batch, device: str | torch.device = "cpu", float_dtype: torch.dtype | None = None
+) -> Batch:
+    """Tensors of inputs ``X`` on ``device`` (:func:`harness.inputs.to_batch`); floating-point
+    arrays cast to ``float_dtype`` when given (token ids and masks keep their integer type)."""
+    batch = inputs.to_batch(X, device)
+    if float_dtype is None:
+        return batch
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.to(float_dtype) if t.is_floating_point() else t
+
+    if isinstance(batch, Mapping):
+        return {k: cast(v) for k, v in batch.items()}
+    return cast(batch)
+
+
+def first_rows(X: Inputs, n: int) -> Inputs:
+    """The first ``n`` samples of inputs (all of them if fewer)."""
+    return inputs.take(X, slice(0, n))
+
+
+def labels(y: Any, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Labels as a tensor on ``device``."""
+    return torch.as_tensor(y).to(device)
+
+
+def example_of(ctx: PruneContext) -> Any:
+    """Torch-Pruning's ``example_inputs``: the first sample of ``ctx.example`` (a tensor, or
+    the dict of named tensors that Torch-Pruning passes as keyword arguments)."""
+    return inputs.example_inputs(inputs.take(ctx.example, slice(0, 1)))
+
+
+def float_inputs_problem(X: Inputs | Batch) -> str | None:
+    """Why the main input (:func:`harness.inputs.main`: the array, or the token field / first
+    field of named inputs) cannot be differentiated, being integer token ids; or None."""
+    value: Any = inputs.main(X)  # type: ignore[arg-type]  # a Batch as well
+    if isinstance(value, torch.Tensor):
+        floating, dtype = value.is_floating_point(), str(value.dtype).removeprefix("torch.")
+    else:
+        kind = np.asarray(value).dtype
+        floating, dtype = kind.kind == "f", kind.name
+    return None if floating else f"the data are {dtype} token ids"
+
+
+def require_float_inputs(method: str, X: Inputs | Batch) -> None:
+    """Raise :class:`PruneError` (one line) when a technique that differentiates the model's
+    inputs gets token ids: ``lrp: needs floating-point inputs (the data are int64 token ids)``."""
+    problem = float_inputs_problem(X)
+    if problem is not None:
+        raise PruneError(f"{method}: needs floating-point inputs ({problem})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +229,7 @@ class GradientSums:
 
 def accumulate_gradients(
     model: nn.Module,
-    X: torch.Tensor,
+    X: Batch,
     y: torch.Tensor,
     params: Sequence[torch.Tensor],
     *,
@@ -182,6 +246,9 @@ def accumulate_gradients(
     ----------
     model
         In eval mode meanwhile (no dropout noise); its training flag is put back afterwards.
+    X
+        A batch of inputs (:data:`harness.inputs.Batch`): a tensor ``(N, ...)``, or named
+        tensors passed to the model as keyword arguments.
     params
         Leaf parameters of ``model`` (``weight_orig`` under a mask, :func:`leaf_weight`).
     mean
@@ -196,7 +263,7 @@ def accumulate_gradients(
     term
         What is summed of parameter ``i``'s gradient ``g`` (``(g * w) ** 2``, ``g ** 2``, ...).
     """
-    starts = list(range(0, min(len(X), batches * batch_size), batch_size))
+    starts = list(range(0, min(inputs.count(X), batches * batch_size), batch_size))
     sums: list[torch.Tensor | None] = [None] * len(params)
     gradients = _per_sample_gradients(model, params) if per_sample else None
     saved = {
@@ -209,11 +276,12 @@ def accumulate_gradients(
     try:
         with torch.enable_grad():
             for start in starts:
-                xb, yb = X[start : start + batch_size], y[start : start + batch_size]
+                xb = inputs.take(X, slice(start, start + batch_size))
+                yb = y[start : start + batch_size]
                 if gradients is not None:
                     grads: Sequence[torch.Tensor | None] = gradients(xb, yb)
                 else:
-                    loss = nn.functional.cross_entropy(model(xb), yb)
+                    loss = nn.functional.cross_entropy(inputs.forward(model, xb), yb)
                     if mean:
                         loss = loss / len(starts)
                     grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -231,21 +299,26 @@ def accumulate_gradients(
 
 def _per_sample_gradients(
     model: nn.Module, params: Sequence[torch.Tensor]
-) -> Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]:
-    """``(xb, yb) -> [per-row gradients of params[i], (rows, *shape)]`` by vmap of grad."""
+) -> Callable[[Batch, torch.Tensor], list[torch.Tensor]]:
+    """``(xb, yb) -> [per-row gradients of params[i], (rows, *shape)]`` by vmap of grad (named
+    inputs: every field's row, passed as keyword arguments)."""
     names = {id(p): name for name, p in model.named_parameters()}
     if any(id(p) not in names for p in params):
         raise ValueError("params must be parameters of the model")
     keys = [names[id(p)] for p in params]
     fixed = {key: p.detach() for key, p in zip(keys, params, strict=True)}
 
-    def sample_loss(values: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor) -> Any:
-        out = functional_call(model, values, (x.unsqueeze(0),))
-        return nn.functional.cross_entropy(out, t.unsqueeze(0))
+    def sample_loss(values: dict[str, torch.Tensor], x: Batch, t: torch.Tensor) -> Any:
+        if isinstance(x, Mapping):
+            kwargs = {k: v.unsqueeze(0) for k, v in x.items()}
+            out = functional_call(model, values, (), kwargs)
+        else:
+            out = functional_call(model, values, (x.unsqueeze(0),))
+        return nn.functional.cross_entropy(inputs.logits_of(out), t.unsqueeze(0))
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
 
-    def gradients(xb: torch.Tensor, yb: torch.Tensor) -> list[torch.Tensor]:
+    def gradients(xb: Batch, yb: torch.Tensor) -> list[torch.Tensor]:
         out = per_sample(fixed, xb, yb)
         return [out[key] for key in keys]
 
@@ -438,7 +511,7 @@ def lowest_within_caps(
     ``k`` are taken if the caps allow fewer."""
     eligible = []
     for s, cap in zip(scores, caps, strict=True):
-        allowed = torch.zeros(s.numel(), dtype=torch.bool)
+        allowed = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
         allowed[torch.argsort(s.flatten(), stable=True)[:cap]] = True
         eligible.append(allowed)
     if not eligible:

@@ -13,7 +13,9 @@ ranking criterion: every unit ``u`` (a Torch-Pruning group channel) gets
 proper; 0 ranks by importance alone; values in between temper the energy term) and the units of
 lowest score are removed (``scope = "global"``: ranked across all layers, ``"layer"``: within each
 layer). ``sparsity`` is the fraction of units removed, the final classifier keeps its outputs,
-modules named in ``args.ignore`` are left alone.
+modules named in ``args.ignore`` are left alone. Attention modules lose whole heads as in
+:mod:`harness.pruning.structured` (the same ratio of heads, a head's score the mean of its rows'
+scores in the group of ``q``), never single dimensions of a head.
 
 ``E(u)`` is the energy (pJ per inference, :mod:`harness.energy`) saved by removing ``u``: for each
 member of its group,
@@ -68,26 +70,40 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
+from harness import inputs
 from harness.energy import COSTS_PJ, LayerTrace, layer_traces, weight_cost_pj
+from harness.inputs import Batch
 from harness.pruning.base import (
     PRUNABLE,
     GradientArgs,
     IgnoreArgs,
     PruneContext,
+    PruneError,
     Pruner,
+    batch_of,
+    example_of,
+    first_rows,
     ignored_layers,
+    labels,
     lowest_within_caps,
     non_negative,
     ratio_of_remaining,
     weight,
 )
 from harness.pruning.registry import register
-from harness.pruning.structured import store_gradients
+from harness.pruning.structured import (
+    MAX_PRUNING_RATIO,
+    attention_modules,
+    attention_projections,
+    head_plan,
+    remove_heads,
+    store_gradients,
+)
 from harness.schema import option
 from harness.spec import PruneSpec
 
 BaseImportance = Literal["magnitude", "taylor"]
-MAX_LAYER_RATIO = 0.95  # a layer keeps at least max(1, ceil(5 %)) of its first-round units
+MAX_LAYER_RATIO = MAX_PRUNING_RATIO  # a layer keeps max(1, ceil(5 %)) of its first-round units
 _OUT = (
     function.prune_linear_out_channels,
     function.prune_conv_out_channels,
@@ -160,10 +176,13 @@ class EnergyAwareImportance(tp.importance.Importance):
         return normalised / energy.clamp_min(1e-12) ** self.exponent
 
 
-def unit_energy_saved(model: nn.Module, example: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+def unit_energy_saved(model: nn.Module, example: Batch, layer: nn.Module) -> torch.Tensor:
     """Energy (pJ per inference) saved by removing each output unit of ``layer`` (and everything
     that depends on it) from ``model``."""
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
+    first = inputs.example_inputs(inputs.take(example, slice(0, 1)))
+    dg = tp.DependencyGraph().build_dependency(
+        model, example_inputs=first, output_transform=inputs.logits_of
+    )
     fn = function.prune_linear_out_channels
     if isinstance(layer, nn.modules.conv._ConvNd):
         fn = function.prune_conv_out_channels
@@ -194,6 +213,7 @@ class EnergyAwarePruner(Pruner):
         super().__init__(spec)
         self.reached = 0.0
         self.initial: dict[str, int] = {}  # units of each layer at the first round
+        self.initial_heads: dict[str, int] = {}  # heads of each attention module, first round
 
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
         ratio = ratio_of_remaining(self.reached, target)
@@ -202,24 +222,34 @@ class EnergyAwarePruner(Pruner):
             return model
         kind = self.args.importance
         if kind == "taylor":
+            n = self.args.batches * self.args.batch_size  # the rows the mini-batches take
             used = store_gradients(
                 model,
-                torch.as_tensor(ctx.X_train, dtype=torch.float32),
-                torch.as_tensor(ctx.y_train, dtype=torch.long),
+                batch_of(first_rows(ctx.X_train, n), ctx.device, torch.float32),
+                labels(ctx.y_train[:n], ctx.device).long(),
                 batches=self.args.batches,
                 batch_size=self.args.batch_size,
             )
             if not used:
-                raise ValueError("taylor importance needs training samples")
+                raise PruneError("energy-aware: taylor importance needs training samples")
         importance = EnergyAwareImportance(
             _base_importance(kind),
             layer_traces(model, ctx.example),
             self.args.energy_exponent,
         )
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=ctx.example[:1])
+        dg = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_of(ctx), output_transform=inputs.logits_of
+        )
         names = {m: n for n, m in model.named_modules()}
         scored: list[_Scored] = []
         ignored = ignored_layers(model, self.args.ignore)
+        # attention modules lose whole heads (harness.pruning.structured), scored by the mean
+        # of their rows' importance per pJ; their q / k / v groups are left out of the units
+        attentions = attention_modules(model)
+        kept = {id(m) for m in ignored}
+        heads = [a for a in attentions if not any(id(p) in kept for p in a.projections)]
+        plan_heads = head_plan(dg, heads, importance, ratio, self.spec.scope, self.initial_heads)
+        ignored = ignored + attention_projections(attentions)
         for group in dg.get_all_groups(ignored_layers=ignored):
             scores = importance(group)
             if scores is None:
@@ -233,6 +263,7 @@ class EnergyAwarePruner(Pruner):
             if self.spec.scope == "global"
             else _select_layer(scored, ratio)
         )
+        remove_heads(dg, plan_heads)
         for item, idxs in zip(scored, plan, strict=True):
             if idxs:  # regrouped now: earlier prunings changed the other layers' input sizes
                 dg.get_pruning_group(item.module, item.handler, idxs).prune()

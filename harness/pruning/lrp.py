@@ -14,11 +14,17 @@ convolution layer::
 
     R_i = sum_j  a_i w_ij / (z_j + eps * sign(z_j))  R_j ,    z_j = sum_i a_i w_ij + b_j
 
-(``sign(0) = +1``, as captum does). ReLU and (evaluation-mode) dropout pass relevance through
-unchanged, and ``nn.Flatten`` / ``nn.Unflatten`` pass it through reshaped (a rule of this module:
-captum has no rule for them and its ``IdentityRule`` does not reshape). ``eps`` is the ``epsilon``
-argument (default ``1e-6``); ``0`` gives LRP-0 but is floored at captum's own stabilizer
-``1e-9`` so that a unit with ``z_j = 0`` cannot turn the backward pass into NaNs.
+(``sign(0) = +1``, as captum does). Batch normalization and pooling layers get the same
+epsilon rule (captum's defaults for them). ReLU and (evaluation-mode) dropout pass relevance
+through unchanged, and ``nn.Flatten`` / ``nn.Unflatten`` / ``nn.Identity`` pass it through
+reshaped (a rule of this module: captum has no rule for them and its ``IdentityRule`` does not
+reshape). A residual addition written in ``forward`` (not a module) hands the relevance of its
+output to both of its inputs. A module with no rule (``LayerNorm``, ``Embedding``, ``GELU``, ...)
+makes the method refuse the model in one line (:class:`NoRuleError`), and so do integer token
+ids: relevance flows back to floating-point inputs only. Named inputs (a mapping) are explained
+through their floating-point fields, the others (an attention mask) passed along. ``eps`` is
+the ``epsilon`` argument (default ``1e-6``); ``0`` gives LRP-0 but is floored at captum's own
+stabilizer ``1e-9`` so that a unit with ``z_j = 0`` cannot turn the backward pass into NaNs.
 
 Unit score. The relevance of unit ``k`` of layer ``l`` is the relevance at the layer's output
 (for a linear neuron its pre-activation, which carries the same relevance as the ReLU output),
@@ -58,12 +64,19 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from harness import inputs
+from harness.inputs import Batch
 from harness.pruning.base import (
     IgnoreArgs,
     PruneContext,
+    PruneError,
+    batch_of,
     count,
+    first_rows,
+    labels,
     non_negative,
     prunable_modules,
+    require_float_inputs,
 )
 from harness.pruning.registry import register
 from harness.pruning.structured import StructuralPruner
@@ -71,7 +84,20 @@ from harness.schema import option
 
 STABILIZER = 1e-9  # captum's PropagationRule.STABILITY_FACTOR: the smallest epsilon used
 _RELU_LIKE = (nn.ReLU, nn.Dropout, nn.Tanh)  # captum passes relevance through these
-_RESHAPES = (nn.Flatten, nn.Unflatten)
+_RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)
+# captum's default rule for these (its SUPPORTED_LAYERS_WITH_RULES): the epsilon rule
+_EPSILON_LIKE = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+)
+
+
+class NoRuleError(PruneError, TypeError):
+    """A module that LRP cannot propagate relevance through (one line naming it)."""
+
+
 _BATCH = 256  # reference rows explained per captum call
 
 
@@ -102,9 +128,11 @@ def _reshape_rule(epsilon: float) -> Any:
 def attach_rules(model: nn.Module, epsilon: float) -> None:
     """Give every leaf module of ``model`` its captum LRP rule (in place; use it on a copy).
 
-    Linear and convolution layers get the epsilon rule with ``max(epsilon, STABILIZER)``,
-    ``Flatten`` / ``Unflatten`` the reshaping identity rule; ReLU, Dropout and Tanh need none.
-    Raises ``TypeError`` naming a module captum cannot propagate through.
+    Linear and convolution layers (and batch normalization, pooling) get the epsilon rule with
+    ``max(epsilon, STABILIZER)``, ``Flatten`` / ``Unflatten`` / ``Identity`` the reshaping
+    identity rule; ReLU, Dropout and Tanh need none. Raises :class:`NoRuleError` (a
+    ``TypeError`` and a one-line :class:`~harness.pruning.base.PruneError`) naming a module
+    captum cannot propagate through.
     """
     from captum.attr._utils.lrp_rules import EpsilonRule
 
@@ -112,19 +140,32 @@ def attach_rules(model: nn.Module, epsilon: float) -> None:
     for name, module in model.named_modules():
         if any(True for _ in module.children()):
             continue
-        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, *_EPSILON_LIKE)):
             module.rule = EpsilonRule(eps)
         elif isinstance(module, _RESHAPES):
             module.rule = _reshape_rule(eps)
         elif not isinstance(module, _RELU_LIKE):
-            raise TypeError(
-                f"LRP has no propagation rule for module {name!r} ({type(module).__name__})"
+            raise NoRuleError(
+                f"lrp: LRP has no propagation rule for module {name!r} ({type(module).__name__})"
             )
+
+
+class _Keywords(nn.Module):
+    """A model of named inputs called with positional tensors (captum's ``attribute`` takes a
+    tuple): ``forward(*values)`` is ``model(**dict(zip(keys, values)))``, its logits."""
+
+    def __init__(self, model: nn.Module, keys: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.keys = keys
+
+    def forward(self, *values: torch.Tensor) -> Any:
+        return inputs.logits_of(self.model(**dict(zip(self.keys, values, strict=True))))
 
 
 def layer_relevance(
     model: nn.Module,
-    X: torch.Tensor,
+    X: Batch,
     target: torch.Tensor,
     *,
     epsilon: float = LRPArgs.epsilon,
@@ -137,7 +178,8 @@ def layer_relevance(
     model:
         Left untouched: the relevance is computed on a deep copy in evaluation mode.
     X, target:
-        Inputs ``(N, ...)`` and the class explained for each of them ``(N,)``.
+        Inputs ``(N, ...)`` (or named inputs: the floating-point ones are explained, the others,
+        such as an attention mask, passed along) and the class explained for each ``(N,)``.
     epsilon:
         Of the LRP-epsilon rule (floored at :data:`STABILIZER`).
 
@@ -147,20 +189,37 @@ def layer_relevance(
     """
     from captum.attr import LayerLRP
 
-    if len(X) == 0:
+    n = inputs.count(X)
+    if n == 0:
         raise ValueError("LRP needs at least one reference sample")
+    require_float_inputs("lrp", X)
     explained = copy.deepcopy(model).eval()
     layers = prunable_modules(explained)
     param = next(explained.parameters())
-    X = torch.as_tensor(X).to(device=param.device, dtype=param.dtype)
+    batch = batch_of(X, param.device, param.dtype)
     target = torch.as_tensor(target).to(device=param.device, dtype=torch.long)
+    called: nn.Module = explained
+    keys: list[str] = []
+    explained_keys: list[str] = []
+    if isinstance(batch, Mapping):
+        keys = sorted(batch, key=lambda k: not batch[k].is_floating_point())  # floats first
+        explained_keys = [k for k in keys if batch[k].is_floating_point()]
+        called = _Keywords(explained, keys)
     chunks: list[list[torch.Tensor]] = []
-    for start in range(0, len(X), batch_size):
+    for start in range(0, n, batch_size):
         attach_rules(explained, epsilon)  # captum removes the rules after every call
-        xb = X[start : start + batch_size].detach().clone().requires_grad_(True)
+        part = inputs.take(batch, slice(start, start + batch_size))
+        rest: tuple[torch.Tensor, ...] = ()
+        if isinstance(part, Mapping):
+            xb: Any = tuple(part[k].detach().clone().requires_grad_(True) for k in explained_keys)
+            rest = tuple(part[k] for k in keys[len(explained_keys) :])
+        else:
+            xb = part.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            out = LayerLRP(explained, [m for _, m in layers]).attribute(
-                xb, target=target[start : start + batch_size]
+            out = LayerLRP(called, [m for _, m in layers]).attribute(
+                xb,
+                target=target[start : start + batch_size],
+                additional_forward_args=rest or None,
             )
         chunks.append([r.detach() for r in out])
     return {name: torch.cat([c[i] for c in chunks]) for i, (name, _) in enumerate(layers)}
@@ -168,7 +227,7 @@ def layer_relevance(
 
 def unit_scores(
     model: nn.Module,
-    X: torch.Tensor,
+    X: Batch,
     target: torch.Tensor,
     *,
     epsilon: float = LRPArgs.epsilon,
@@ -209,10 +268,12 @@ class RelevanceImportance(tp.importance.Importance):
 def lrp_scores(model: nn.Module, ctx: PruneContext, args: LRPArgs) -> dict[str, torch.Tensor]:
     """Normalized relevance per unit of every prunable layer, by layer name
     (:func:`unit_scores` over the first ``n_samples`` rows of the training fold)."""
+    X = first_rows(ctx.X_train, args.n_samples)
+    require_float_inputs("lrp", X)  # before any work: token ids are refused in one line
     return unit_scores(
         model,
-        torch.as_tensor(ctx.X_train[: args.n_samples]),
-        torch.as_tensor(ctx.y_train[: args.n_samples]),
+        batch_of(X, ctx.device),
+        labels(ctx.y_train[: args.n_samples], ctx.device),
         epsilon=args.epsilon,
     )
 

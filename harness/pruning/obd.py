@@ -48,7 +48,7 @@ model only justifies for infinitesimal changes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -57,12 +57,18 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
+from harness import inputs
+from harness.inputs import Batch
 from harness.pruning.base import (
     MaskArgs,
     MaskPruner,
     PruneContext,
+    PruneError,
     accumulate_gradients,
+    batch_of,
     count,
+    first_rows,
+    labels,
     prunable_modules,
     weight,
 )
@@ -131,13 +137,18 @@ def _scoring(model: nn.Module) -> Iterator[None]:
 
 
 def _loss_fn(
-    model: nn.Module, X: torch.Tensor, y: torch.Tensor, fixed: Params
+    model: nn.Module, X: Batch, y: torch.Tensor, fixed: Params
 ) -> Callable[[Params], torch.Tensor]:
-    """Mean cross-entropy of ``model`` on ``(X, y)`` as a function of some leaf parameters."""
+    """Mean cross-entropy of ``model`` on ``(X, y)`` as a function of some leaf parameters
+    (named inputs passed as keyword arguments)."""
 
     def loss(params: Params) -> torch.Tensor:
-        out = functional_call(model, {**fixed, **params}, (X,))
-        return nn.functional.cross_entropy(out, y)
+        values = {**fixed, **params}
+        if isinstance(X, Mapping):
+            out = functional_call(model, values, (), dict(X))
+        else:
+            out = functional_call(model, values, (X,))
+        return nn.functional.cross_entropy(inputs.logits_of(out), y)
 
     return loss
 
@@ -148,7 +159,7 @@ def _base(layers: Sequence[tuple[str, nn.Module, str]]) -> Params:
 
 def exact_diagonal(
     model: nn.Module,
-    X: torch.Tensor,
+    X: Batch,
     y: torch.Tensor,
     layers: Sequence[nn.Module] | None = None,
     *,
@@ -171,20 +182,21 @@ def exact_diagonal(
                 return loss({key: w.view(shape)})
 
             hvp = vjp(grad(flat_loss), w0.flatten())[1]
-            diag = torch.empty(n, dtype=w0.dtype)
+            diag = torch.empty(n, dtype=w0.dtype, device=w0.device)
             for start in range(0, n, chunk):
-                idx = torch.arange(start, min(start + chunk, n))
-                basis = torch.zeros(len(idx), n, dtype=w0.dtype)
-                basis[torch.arange(len(idx)), idx] = 1
+                idx = torch.arange(start, min(start + chunk, n), device=w0.device)
+                basis = torch.zeros(len(idx), n, dtype=w0.dtype, device=w0.device)
+                at = torch.arange(len(idx), device=w0.device)
+                basis[at, idx] = 1
                 (rows,) = vmap(hvp)(basis)
-                diag[idx] = rows[torch.arange(len(idx)), idx].detach()
+                diag[idx] = rows[at, idx].detach()
             out[m] = diag.view(shape)
     return out
 
 
 def hutchinson_diagonal(
     model: nn.Module,
-    X: torch.Tensor,
+    X: Batch,
     y: torch.Tensor,
     layers: Sequence[nn.Module] | None = None,
     *,
@@ -211,7 +223,8 @@ def hutchinson_diagonal(
         total = torch.zeros_like(theta)
         for start in range(0, samples, chunk):
             k = min(chunk, samples - start)
-            z = (torch.randint(0, 2, (k, theta.numel()), generator=gen) * 2 - 1).to(theta.dtype)
+            z = torch.randint(0, 2, (k, theta.numel()), generator=gen) * 2 - 1  # on the CPU
+            z = z.to(device=theta.device, dtype=theta.dtype)
             (hz,) = vmap(hvp)(z)
             total += (z * hz.detach()).sum(0)
         est = total / samples
@@ -221,7 +234,7 @@ def hutchinson_diagonal(
 
 def fisher_diagonal(
     model: nn.Module,
-    X: torch.Tensor,
+    X: Batch,
     y: torch.Tensor,
     layers: Sequence[nn.Module] | None = None,
     *,
@@ -236,20 +249,20 @@ def fisher_diagonal(
             X,
             y,
             [_leaf(m) for _, m, _ in chosen],
-            batches=math.ceil(len(X) / chunk),
+            batches=math.ceil(inputs.count(X) / chunk),
             batch_size=chunk,
             per_sample=True,
             term=lambda i, g: (g.detach() ** 2).sum(0),
         )
     return {
-        m: (torch.zeros_like(_leaf(m)) if s is None else s) / max(len(X), 1)
+        m: (torch.zeros_like(_leaf(m)) if s is None else s) / max(inputs.count(X), 1)
         for (_, m, _), s in zip(chosen, summed.sums, strict=True)
     }
 
 
 def hessian_diagonal(
     model: nn.Module,
-    X: torch.Tensor,
+    X: Batch,
     y: torch.Tensor,
     *,
     hessian: str = OBDArgs.hessian,
@@ -276,7 +289,7 @@ def hessian_diagonal(
     large = [(n, m) for n, m in layers if weight(m).numel() > max_exact]
     if hessian == "exact" and large:
         name, m = large[0]
-        raise ValueError(
+        raise PruneError(
             f'obd: hessian = "exact" but layer {name or "<root>"!r} has {weight(m).numel()} '
             f"weights, more than max_exact = {max_exact} (one Hessian-vector product per "
             'weight); raise max_exact or use hessian = "auto", "fisher" or "hutchinson"'
@@ -289,7 +302,7 @@ def hessian_diagonal(
 
 def obd_saliency(
     model: nn.Module,
-    X: torch.Tensor,
+    X: Batch,
     y: torch.Tensor,
     *,
     hessian: str = OBDArgs.hessian,
@@ -313,8 +326,8 @@ def obd_criterion(
 ) -> dict[nn.Module, torch.Tensor]:
     """:func:`obd_saliency` over the first ``n_samples`` rows of the training fold, Hutchinson
     probes seeded with the fold's seed."""
-    X = torch.as_tensor(ctx.X_train[: args.n_samples])
-    y = torch.as_tensor(ctx.y_train[: args.n_samples]).long()
+    X = batch_of(first_rows(ctx.X_train, args.n_samples), ctx.device)
+    y = labels(ctx.y_train[: args.n_samples], ctx.device).long()
     return obd_saliency(
         model,
         X,

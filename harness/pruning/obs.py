@@ -62,11 +62,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
+from harness import inputs
+from harness.inputs import Batch
 from harness.pruning.base import (
     IgnoreArgs,
     PruneContext,
+    PruneError,
     Pruner,
+    batch_of,
     count,
+    first_rows,
     layers_to_prune,
     positive,
     remove_masks,
@@ -155,14 +160,15 @@ class InputStats:
 
     def add(self, cols: torch.Tensor) -> None:
         c = cols.detach().to(torch.float64)
-        self.xtx += c.T @ c
+        self.xtx += (c.T @ c).to(self.xtx.device)  # the solves run on the CPU
         self.n += c.shape[0]
 
 
 def collect_inputs(
-    model: nn.Module, layers: Sequence[nn.Module], X: torch.Tensor, *, batch_size: int = 256
+    model: nn.Module, layers: Sequence[nn.Module], X: Batch, *, batch_size: int = 256
 ) -> dict[nn.Module, InputStats]:
-    """``X X^T`` of every layer's inputs over a forward pass of ``X`` (eval mode, no grad)."""
+    """``X X^T`` of every layer's inputs over a forward pass of ``X`` (eval mode, no grad;
+    named inputs passed as keyword arguments); ``X X^T`` is kept on the CPU."""
     stats = {m: InputStats(torch.zeros(_cols(m), _cols(m), dtype=torch.float64)) for m in layers}
 
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
@@ -173,8 +179,8 @@ def collect_inputs(
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(X), batch_size):
-                model(X[start : start + batch_size])
+            for start in range(0, inputs.count(X), batch_size):
+                inputs.forward(model, inputs.take(X, slice(start, start + batch_size)))
     finally:
         for h in handles:
             h.remove()
@@ -399,21 +405,21 @@ class OBSPruner(Pruner):
         named = layers_to_prune(model, self.args.ignore)
         for name, m in named:
             if (problem := layer_problem(name, m)) is not None:
-                raise ValueError(f"obs: {problem}")
+                raise PruneError(f"obs: {problem}")
         dtype = weight(named[0][1]).dtype if named else torch.float32
-        X = torch.as_tensor(ctx.X_train[: self.args.n_samples]).to(dtype)
+        X = batch_of(first_rows(ctx.X_train, self.args.n_samples), ctx.device, dtype)
         stats = collect_inputs(model, [m for _, m in named], X)
         out = []
         for name, m in named:
             if stats[m].n == 0:
-                raise ValueError(
+                raise PruneError(
                     f"obs: layer {name!r} received no input in the calibration forward pass "
                     "(used outside its forward()?)"
                 )
-            W = weight_matrix(m).detach().to(torch.float64)
+            W = weight_matrix(m).detach().to(torch.float64).cpu()
             mask = getattr(m, "weight_mask", None)
             removed = (
-                (mask.reshape(W.shape) == 0)
+                (mask.reshape(W.shape).cpu() == 0)
                 if mask is not None
                 else torch.zeros_like(W, dtype=torch.bool)
             )
@@ -486,4 +492,5 @@ def _apply(module: nn.Module, W_hat: torch.Tensor, keep: torch.Tensor) -> None:
         raise TypeError(f"{type(module).__name__} has no weight tensor")
     shape = target.shape
     target.copy_(W_hat.reshape(shape).to(target.dtype))
-    prune.custom_from_mask(module, "weight", keep.reshape(shape).to(target.dtype))
+    mask = keep.reshape(shape).to(device=target.device, dtype=target.dtype)
+    prune.custom_from_mask(module, "weight", mask)

@@ -140,6 +140,7 @@ class _Regularize:
             ctx.y_train,
             spec,
             seed=ctx.seed + 7,
+            device=ctx.device,
             penalty=lambda m: strength * penalty(m, ignore),  # ignored layers: not shrunk
         )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.inputs import Batch
 from harness.pruning.base import (
     GradientArgs,
     MaskArgs,
@@ -23,7 +24,10 @@ from harness.pruning.base import (
     PruneContext,
     PrunerArgs,
     accumulate_gradients,
+    batch_of,
     count,
+    first_rows,
+    labels,
     leaf_weight,
     prunable_modules,
     weight,
@@ -41,7 +45,7 @@ class SnipArgs(MaskArgs, GradientArgs):
 
 
 def snip_scores(
-    model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, batches: int, batch_size: int
+    model: nn.Module, X: Batch, y: torch.Tensor, *, batches: int, batch_size: int
 ) -> dict[nn.Module, torch.Tensor]:
     """``|dL/dw * w|`` per weight of every prunable layer, ``L`` the mean loss over the batches."""
     layers = [m for _, m in prunable_modules(model)]
@@ -59,10 +63,11 @@ def snip_criterion(
     model: nn.Module, ctx: PruneContext, args: SnipArgs
 ) -> dict[nn.Module, torch.Tensor]:
     """:func:`snip_scores` on the training fold."""
+    n = args.batches * args.batch_size  # the rows the mini-batches take
     return snip_scores(
         model,
-        torch.as_tensor(ctx.X_train),
-        torch.as_tensor(ctx.y_train),
+        batch_of(first_rows(ctx.X_train, n), ctx.device),
+        labels(ctx.y_train[:n], ctx.device),
         batches=args.batches,
         batch_size=args.batch_size,
     )

@@ -19,7 +19,15 @@ from typing import Any
 
 from torch import nn
 
-from harness.pruning.base import Problems, PruneContext, Pruner, PrunerArgs, positive, unit
+from harness.pruning.base import (
+    Problems,
+    PruneContext,
+    PruneError,
+    Pruner,
+    PrunerArgs,
+    positive,
+    unit,
+)
 from harness.pruning.registry import register
 from harness.schema import option
 from harness.spec import DistillSpec, PruneSpec
@@ -84,7 +92,7 @@ class StudentPruner(Pruner):
     def student_args(self, ctx: PruneContext) -> dict[str, Any]:
         """The student's ``model_args`` overrides (explicit, or scaled widths)."""
         if ctx.build is None or ctx.teacher is None:
-            raise ValueError("the student needs the suite's model builder and the dense teacher")
+            raise PruneError("the student needs the suite's model builder and the dense teacher")
         explicit = self.args.model_args
         if explicit:
             return dict(explicit)
@@ -92,8 +100,9 @@ class StudentPruner(Pruner):
             widths = ctx.model_args.get(key, _DEFAULT_WIDTHS[key])
             if _accepts(ctx.build, key, widths):
                 return scaled_args(ctx.build, _params(ctx.teacher), self.spec.sparsity, widths, key)
-        raise ValueError(
-            "cannot scale this architecture's widths: give args.model_args for the student"
+        raise PruneError(
+            "student: cannot scale this architecture's widths (no 'hidden' or 'channels' "
+            "model_args): give args.model_args for the student"
         )
 
     def step(self, model: nn.Module, target: float, ctx: PruneContext) -> nn.Module:
@@ -104,13 +113,14 @@ class StudentPruner(Pruner):
         args = self.student_args(ctx)
         torch.manual_seed(ctx.seed)
         assert ctx.build is not None and ctx.teacher is not None and ctx.train is not None
-        student = ctx.build(args)
+        student = ctx.build(args).to(ctx.device)
         fit(
             student,
             ctx.X_train,
             ctx.y_train,
             ctx.train,
             seed=ctx.seed,
+            device=ctx.device,
             teacher=ctx.teacher,
             distill=DistillSpec(
                 temperature=self.args.temperature,

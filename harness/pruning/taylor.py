@@ -13,12 +13,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.inputs import Batch
 from harness.pruning.base import (
     GradientArgs,
     MaskArgs,
     MaskPruner,
     PruneContext,
     accumulate_gradients,
+    batch_of,
+    first_rows,
+    labels,
     leaf_weight,
     prunable_modules,
     weight,
@@ -32,7 +36,7 @@ class TaylorArgs(MaskArgs, GradientArgs):
 
 
 def taylor_scores(
-    model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, batches: int, batch_size: int
+    model: nn.Module, X: Batch, y: torch.Tensor, *, batches: int, batch_size: int
 ) -> dict[nn.Module, torch.Tensor]:
     """``mean_b (dL_b/dw * w) ** 2`` per weight of every prunable layer (cross-entropy loss)."""
     layers = [m for _, m in prunable_modules(model)]
@@ -58,10 +62,11 @@ def taylor_criterion(
     model: nn.Module, ctx: PruneContext, args: TaylorArgs
 ) -> dict[nn.Module, torch.Tensor]:
     """:func:`taylor_scores` on the training fold."""
+    n = args.batches * args.batch_size  # the rows the mini-batches take
     return taylor_scores(
         model,
-        torch.as_tensor(ctx.X_train),
-        torch.as_tensor(ctx.y_train),
+        batch_of(first_rows(ctx.X_train, n), ctx.device),
+        labels(ctx.y_train[:n], ctx.device),
         batches=args.batches,
         batch_size=args.batch_size,
     )
