@@ -130,6 +130,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if args.device is not None and (problem := device_problem(args.device)) is not None:
         raise UsageError(f"--device {args.device}: {problem}")
+    if args.device is not None:  # named as the option, not as a key of the suite files
+        from harness.devices import DeviceError
+        from harness.devices import resolve as resolve_device
+
+        try:
+            resolve_device(args.device)
+        except DeviceError as err:
+            said = str(err).partition(": ")[2] or str(err)
+            raise UsageError(f"--device {args.device}: {said}") from None
     suites = _load(args.suites, device=args.device)
     selected = [(s, c) for s in suites for c in s.cases if not args.case or c.name in args.case]
     missing = set(args.case) - {c.name for _, c in selected}

@@ -331,6 +331,15 @@ class SuiteFile(pytest.File):
 
         add_import_path(self.config.rootpath)  # user modules in the project root import
         device = self.config.stash[_SETTINGS_KEY].device
+        if device is not None:  # the option's device, named as the option (not the suite file)
+            from harness.devices import DeviceError
+            from harness.devices import resolve as resolve_device
+
+            try:
+                resolve_device(device)
+            except DeviceError as err:
+                said = str(err).partition(": ")[2] or str(err)
+                raise self.CollectError(f"--harness-device={device}: {said}") from None
         try:
             suite = load_suite(self.path)
             if device is not None:  # the session's device is the one to check

@@ -433,6 +433,21 @@ GOLDEN_SPEC_HASHES: dict[str, dict[str, str]] = {
         "structured-50": "dec039475fee5860",
         "structured-taylor-50": "fe1796adeb639f56",
     },
+    "digits-pretrained": {
+        "magnitude-80": "642632e47b8510ed",
+        "structured-40": "103bd410545f5252",
+        "taylor-70": "03ba1135de0e89ff",
+    },
+    "digits-resnet": {
+        "magnitude-80": "4e99d2e35fb8cf21",
+        "structured-40": "005726e848dee659",
+        "structured-taylor-40": "5b9c36b9f55e4259",
+    },
+    "tokens-transformer": {
+        "magnitude-70": "6bf0c62100a784bd",
+        "structured-50": "d4df7bf614e732c1",
+        "structured-taylor-50": "d898fe86e45b6a04",
+    },
 }
 
 
