@@ -79,10 +79,19 @@ def count(X: Any) -> int:
     return len(X)
 
 
+def is_lazy(X: Any) -> bool:
+    """Whether ``X`` is a streamed view (:class:`harness.data.stream.Rows`): its rows are read
+    when taken, never all at once."""
+    return bool(getattr(X, "lazy_rows", False))
+
+
 def take(X: Any, idx: Any) -> Any:
-    """Rows ``idx`` (an index array, a slice) of inputs or of a batch of tensors."""
+    """Rows ``idx`` (an index array, a slice) of inputs or of a batch of tensors; read into
+    memory from a streamed view."""
     if isinstance(X, Mapping):
         return {k: v[idx] for k, v in X.items()}
+    if is_lazy(X):
+        return X.take(idx)
     return X[idx]
 
 
@@ -103,6 +112,9 @@ def map_arrays(X: Inputs, fn: Any) -> Inputs:
 def to_batch(X: Inputs | Batch, device: Any = None) -> Batch:
     """Tensors of ``X`` (no copy on the CPU), moved to ``device`` when given."""
     import torch
+
+    if is_lazy(X):
+        raise TypeError("a streamed view: take its rows (inputs.take) before making tensors")
 
     def one(v: Any) -> torch.Tensor:
         t = v if isinstance(v, torch.Tensor) else torch.as_tensor(v)

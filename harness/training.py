@@ -115,7 +115,10 @@ def fit(
         teacher.eval()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    Xt, yt = inputs.to_batch(X, device), torch.as_tensor(y).to(device or "cpu")
+    # a streamed training fold is read batch by batch; arrays become tensors once
+    lazy = inputs.is_lazy(X)
+    Xt = X if lazy else inputs.to_batch(X, device)
+    yt = torch.as_tensor(y).to(device or "cpu")
     n = inputs.count(Xt)
     steps = max(1, -(-n // spec.batch_size))
     opt = _optimizer(model, spec)
@@ -133,7 +136,7 @@ def fit(
             if device is not None and device != "cpu":
                 idx = idx.to(device)
             opt.zero_grad(set_to_none=True)
-            xb = inputs.take(Xt, idx)
+            xb = inputs.to_batch(inputs.take(Xt, idx), device) if lazy else inputs.take(Xt, idx)
             out = inputs.forward(model, xb)
             if teacher is not None and distill is not None:
                 with torch.no_grad():
@@ -171,10 +174,16 @@ def predict_logits(
 ) -> np.ndarray:
     """Logits for every sample of ``X`` (evaluation mode), as float numpy on the CPU."""
     model.eval()
-    Xt = inputs.to_batch(X, device)
+    lazy = inputs.is_lazy(X)  # a streamed view: each batch is read, then made a tensor
+    Xt = X if lazy else inputs.to_batch(X, device)
     n = inputs.count(Xt)
     out = [
-        inputs.forward(model, inputs.take(Xt, slice(i, i + batch_size)))
+        inputs.forward(
+            model,
+            inputs.to_batch(inputs.take(Xt, slice(i, i + batch_size)), device)
+            if lazy
+            else inputs.take(Xt, slice(i, i + batch_size)),
+        )
         for i in range(0, n, batch_size)
     ]
     return torch.cat(out).float().cpu().numpy()

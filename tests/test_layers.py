@@ -34,6 +34,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "harness.data.registry",
         "harness.data.folds",
         "harness.data.split",
+        "harness.data.stream",
         "harness.data.edge",
         "harness.inputs",
         "harness.models",

@@ -21,6 +21,9 @@ class Scaler:
     (token ids, attention masks). Constant features / channels are centred and left unscaled."""
 
     def __init__(self, X: inputs.Inputs) -> None:
+        if inputs.is_lazy(X):  # a streamed training fold: one pass over its batches
+            self._parts = _fit_streamed(X)
+            return
         self._parts = (
             {k: self._fit(v) for k, v in X.items()} if isinstance(X, Mapping) else self._fit(X)
         )
@@ -45,11 +48,38 @@ class Scaler:
         mean, std = part
         return ((np.asarray(a, dtype=np.float64) - mean) / std).astype(np.float32)
 
-    def transform(self, X: inputs.Inputs) -> inputs.Inputs:
+    def transform(self, X: Any) -> Any:
+        if inputs.is_lazy(X):  # scaled as its rows are read
+            return X.with_transform(self.transform)
         if isinstance(X, Mapping):
             assert isinstance(self._parts, dict)
             return {k: self._apply(self._parts[k], v) for k, v in X.items()}
         return self._apply(self._parts, X)
+
+
+def _fit_streamed(X: Any) -> Any:
+    """The :class:`Scaler` parts of a streamed view, batch by batch: scikit-learn's
+    ``StandardScaler.partial_fit`` for flat float rows, float64 sums per channel otherwise."""
+    parts: dict[str, Any] = {}
+    sums: dict[str, list[Any]] = {}
+    for batch in X.batches():
+        for k, a in batch.items() if isinstance(batch, Mapping) else [("", batch)]:
+            if a.dtype.kind in "iu":
+                parts[k] = None
+            elif a.ndim == 2:
+                parts.setdefault(k, StandardScaler()).partial_fit(a)
+            else:
+                axes = (0, *range(2, a.ndim))
+                per = a[0].size // a.shape[1] * len(a)
+                s = sums.setdefault(k, [0, 0.0, 0.0])
+                s[0] += per
+                s[1] = s[1] + a.sum(axis=axes, dtype=np.float64, keepdims=True)[0]
+                s[2] = s[2] + (a.astype(np.float64) ** 2).sum(axis=axes, keepdims=True)[0]
+    for k, (n, total, squares) in sums.items():
+        mean = total / n
+        std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+        parts[k] = (mean, np.where(std > 0, std, 1.0))
+    return parts.get("") if set(parts) == {""} else parts
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,13 +128,20 @@ def make_folds(
     ]
     folds = []
     for i, (train_idx, val_idx) in enumerate(splits):
-        raw_train = inputs.take(dataset.X, train_idx)
+        # a streamed dataset keeps its training fold a lazy view; the validation fold is read
+        raw_train = (
+            dataset.X.subset(train_idx)
+            if inputs.is_lazy(dataset.X)
+            else inputs.take(dataset.X, train_idx)
+        )
         raw_val = inputs.take(dataset.X, val_idx)
         scaler = Scaler(raw_train) if standardize else None
         if scaler is not None:
             X_train, X_val = scaler.transform(raw_train), scaler.transform(raw_val)
         else:
-            X_train = inputs.map_arrays(raw_train, _as_stored)
+            X_train = (
+                raw_train if inputs.is_lazy(raw_train) else inputs.map_arrays(raw_train, _as_stored)
+            )
             X_val = inputs.map_arrays(raw_val, _as_stored)
         folds.append(
             Fold(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -278,7 +278,7 @@ def is_callable_ref(name: str) -> bool:
     return bool(sep and module and attr) and module not in RESERVED and name not in BUILTIN
 
 
-def from_callable(ref: str, args: Mapping[str, Any]) -> tuple:
+def from_callable(ref: str, args: Mapping[str, Any], *, stream: bool | None = None) -> tuple:
     """Call the user's dataset function ``ref`` with ``args`` as keyword arguments.
 
     It may return ``(X, y)``, ``(X, y, class_names)``, a mapping with keys ``X``, ``y`` and
@@ -309,6 +309,10 @@ def from_callable(ref: str, args: Mapping[str, Any]) -> tuple:
         X, y = out[0], out[1]
         names = out[2] if len(out) == 3 else None
     elif hasattr(out, "__getitem__") and hasattr(out, "__len__"):
+        if _streams(ref, out, stream):  # read in batches when needed, never stacked whole
+            from harness.data.stream import Streamed
+
+            return Streamed(out, len(out), lambda batch: batch), None, None, kind
         X, y = _materialize(ref, out)
     else:
         raise DatasetError(
@@ -328,6 +332,25 @@ def from_callable(ref: str, args: Mapping[str, Any]) -> tuple:
     else:
         X = _array(ref, "X", X)
     return X, _array(ref, "y", y), names, kind
+
+
+def _streams(ref: str, data: Any, stream: bool | None) -> bool:
+    """Whether a map-style dataset is streamed: as ``dataset_args.stream`` says, else when its
+    features would take more than ``STREAM_ABOVE_BYTES`` (the first sample's size x length)."""
+    from harness.data.stream import STREAM_ABOVE_BYTES
+
+    if stream is not None:
+        return stream
+    n = len(data)
+    if n == 0:
+        return False
+    item = data[0]
+    if not (isinstance(item, tuple | list) and len(item) == 2):
+        return False  # _materialize says what is wrong
+    x = item[0]
+    parts = x.values() if isinstance(x, Mapping) else [x]
+    size = sum(int(getattr(v, "nbytes", np.asarray(v).nbytes)) for v in parts)
+    return size * n > STREAM_ABOVE_BYTES
 
 
 def _kwargs(args: Mapping[str, Any]) -> str:
@@ -426,8 +449,11 @@ def _module_stamp(module: str) -> tuple[int, ...]:
 def _load(name: str, args_json: str, base: str, stamp: tuple[int, ...] = ()) -> Dataset:
     args = json.loads(args_json)
     shape, kind_arg = args.pop("shape", None), args.pop("kind", None)
+    stream = args.pop("stream", None)
     if kind_arg is not None and kind_arg not in KINDS:
         raise DatasetError(f"kind = {kind_arg!r}: must be one of {', '.join(KINDS)}")
+    if stream is not None and not isinstance(stream, bool):
+        raise DatasetError(f"stream = {stream!r}: must be true or false")
     kind, _, rest = name.partition(":")
     if name in BUILTIN:
         X, y, class_names, data_kind = BUILTIN[name](args, Path(base))
@@ -437,10 +463,14 @@ def _load(name: str, args_json: str, base: str, stamp: tuple[int, ...] = ()) -> 
             raise DatasetError(f"data file not found: {path}")
         X, y, class_names, data_kind = FILE_KINDS[kind](path, args)
     elif is_callable_ref(name):
-        X, y, class_names, data_kind = from_callable(name, args)
+        X, y, class_names, data_kind = from_callable(name, args, stream=stream)
     else:
         raise DatasetError(f"unknown dataset (known: {', '.join(names())})")
     data_kind = kind_arg or data_kind
+    if stream and y is not None:  # arrays, a file, a builtin: nothing to stream
+        raise DatasetError("stream applies to a dataset function returning a torch Dataset")
+    if y is None:  # a streamed torch Dataset
+        return _streamed(name, X, shape, data_kind)
     y = _labels(np.asarray(y))
     if isinstance(X, Mapping):
         if shape is not None:
@@ -465,6 +495,50 @@ def _load(name: str, args_json: str, base: str, stamp: tuple[int, ...] = ()) -> 
         a.setflags(write=False)
     y_idx.setflags(write=False)
     return Dataset(name, X, y_idx, tuple(class_names), data_kind, digest)
+
+
+def _streamed(name: str, source: Any, shape: Any, kind: str) -> Dataset:
+    """A streamed dataset: one pass reads the labels, digests and checks every sample; ``X`` is
+    a lazy view of all rows (:mod:`harness.data.stream`)."""
+    from harness.data.stream import Rows, scan
+
+    def prepare(batch: Any) -> Any:
+        n = inputs.count(batch)
+        if isinstance(batch, Mapping):
+            if shape is not None:
+                raise DatasetError("shape applies to one input array, not to named inputs")
+            return {
+                k: _features(v, k, integer=np.asarray(v).dtype.kind in "biu", n=n)
+                for k, v in batch.items()
+            }
+        batch = np.asarray(batch)
+        if shape is not None:
+            batch = _reshaped(batch, shape)
+        return _features(batch, "features", integer=kind == "tokens", n=n)
+
+    source.prepare = prepare
+    y, raw_digest, (first, top) = scan(source, lambda batch: None)
+    y = _labels(y)
+    labels, y_idx = np.unique(y, return_inverse=True)
+    if len(labels) < 2:
+        raise DatasetError("needs at least two classes")
+    y_idx = y_idx.astype(np.int64)
+    y_idx.setflags(write=False)
+    spec = inputs.spec_of(first)
+    if spec.fields:
+        fields = tuple(
+            (k, replace(f, vocab=top[k] + 1) if f.is_tokens else f) for k, f in spec.fields
+        )
+        head = dict(fields).get(inputs.TOKEN_FIELD, fields[0][1])
+        spec = inputs.InputSpec(head.shape, head.dtype, head.vocab, fields)
+    elif spec.is_tokens:
+        spec = replace(spec, vocab=top[""] + 1)
+    digest = hashlib.sha256(raw_digest + y_idx.tobytes()).hexdigest()[:16]
+    ds = Dataset(
+        name, Rows(source, np.arange(len(source))), y_idx, tuple(map(str, labels)), kind, digest
+    )
+    ds.__dict__["spec"] = spec  # the whole dataset's (vocab over every sample), not one batch's
+    return ds
 
 
 def _reshaped(X: np.ndarray, shape: Any) -> np.ndarray:

@@ -82,7 +82,7 @@ def split_test(
     keep, held = np.sort(keep), np.sort(held)
     rest = replace(
         ds,
-        X=_frozen(inputs.take(ds.X, keep)),
+        X=ds.X.subset(keep) if inputs.is_lazy(ds.X) else _frozen(inputs.take(ds.X, keep)),
         y=_frozen(ds.y[keep]),
         digest=_digest(ds.digest, f"{test!r}", str(seed)),
     )
