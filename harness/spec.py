@@ -579,12 +579,8 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
     if not isinstance(raw_cases, list) or not raw_cases:
         shown_value = raw_cases if raw_cases else MISSING
         raise SpecError(source, "case", shown_value, "a suite needs at least one [[case]]")
-    cases: list[CaseSpec] = []
-    for i, raw in enumerate(raw_cases):
-        case = _case(raw, i, source, given["train"])
-        if any(c.name == case.name for c in cases):
-            raise SpecError(source, f"case[{case.name}].name", case.name, "duplicate case name")
-        cases.append(case)
+    # a duplicate name is SuiteSpec.problems()'s to say, as for a suite built in Python
+    cases = [_case(raw, i, source, given["train"]) for i, raw in enumerate(raw_cases)]
     top.done()
     with located(source, ""):
         return SuiteSpec(cases=tuple(cases), source=source, **given)
