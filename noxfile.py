@@ -1,6 +1,17 @@
-"""Sessions: ``gate`` (the reference suites against baselines/), ``tests``, ``lint``."""
+"""Sessions: ``gate`` (the reference suites against baselines/), ``tests``, ``lint``.
+
+They share one virtual environment, built by the ``env`` session (``.nox/env``: torch's CPU
+build, the package with its test and lint extras), which each of them requires: the README's two
+commands build it once. The benchmark sessions use it too.
+"""
 
 from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -8,19 +19,39 @@ nox.options.sessions = ["gate", "tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
+SHARED = "env"  # the session whose virtual environment every other session runs in
+HERE = Path(__file__).resolve().parent
 
 
-def _install(session: nox.Session, extras: str = "") -> None:
+@nox.session(name=SHARED, default=False)
+def env(session: nox.Session) -> None:
+    """Build (or bring up to date) the one environment the other sessions share."""
     # torch first and pinned (constraints.txt): the CPU build, never a multi-GB CUDA one.
     session.install(*CONSTRAINTS, "torch==2.13.0")
-    session.install(*CONSTRAINTS, "-e", f".[{extras}]" if extras else ".")
+    session.install(*CONSTRAINTS, "-e", ".[test,lint]")
 
 
-@nox.session
+def _run(session: nox.Session, *args: str) -> None:
+    """Run a command of the shared environment (its bin directory first on PATH)."""
+    root = HERE / ".nox" / SHARED
+    bindir = root / ("Scripts" if sys.platform == "win32" else "bin")
+    if not bindir.is_dir():
+        session.error(f"the shared environment {root} is missing: run `nox -s {SHARED}`")
+    path = os.pathsep.join([str(bindir), os.environ.get("PATH", "")])
+    program, *rest = args
+    session.run(str(bindir / program), *rest, env={"PATH": path, "VIRTUAL_ENV": str(root)})
+
+
+def shared(**kwargs: Any) -> Callable[[Callable[[nox.Session], None]], Any]:
+    """``@nox.session`` for a session that runs in the shared environment."""
+    return nox.session(venv_backend="none", requires=[SHARED], **kwargs)
+
+
+@shared()
 def gate(session: nox.Session) -> None:
     """Run the reference suites through the gate (MLflow: SQLite store mlflow.db by default)."""
-    _install(session, "test")
-    session.run(
+    _run(
+        session,
         "pytest",
         "suites",
         "-n",
@@ -35,59 +66,53 @@ def gate(session: nox.Session) -> None:
     )
 
 
-@nox.session
+@shared()
 def tests(session: nox.Session) -> None:
     """Run the harness's own tests (unit, property-based, pytester end-to-end, xdist)."""
-    _install(session, "test")
-    session.run("pytest", "tests", "-n", "2", *session.posargs)
+    _run(session, "pytest", "tests", "-n", "2", *session.posargs)
 
 
-@nox.session
+@shared()
 def lint(session: nox.Session) -> None:
     """ruff and mypy on harness/."""
-    _install(session, "lint")  # mypy checks against torch's real types
-    session.run("ruff", "check", "harness", "tests", "noxfile.py")
-    session.run("mypy", "harness")
+    _run(session, "ruff", "check", "harness", "tests", "noxfile.py")
+    _run(session, "mypy", "harness")
 
 
-@nox.session(default=False)
+@shared(default=False)
 def bench(session: nox.Session) -> None:
     """Benchmark the gate's wall time with and without MLflow logging (a ratio, not a test)."""
-    _install(session, "test")
-    session.run("python", "benchmarks/bench_gate.py", *session.posargs)
+    _run(session, "python", "benchmarks/bench_gate.py", *session.posargs)
 
 
-@nox.session(name="bench-sparse", default=False)
+@shared(name="bench-sparse", default=False)
 def bench_sparse(session: nox.Session) -> None:
     """Latency of dense nn.Linear against sparse CSR deployment: docs/sparse.md (ratios)."""
-    _install(session, "test")
-    session.run("python", "benchmarks/bench_sparse.py", "--out", "docs/sparse.md", *session.posargs)
+    _run(
+        session, "python", "benchmarks/bench_sparse.py", "--out", "docs/sparse.md", *session.posargs
+    )
 
 
-@nox.session(default=False)
+@shared(default=False)
 def calibrate(session: nox.Session) -> None:
     """Calibrate the gate's policies on seed noise and across hardware (numeric code paths)."""
-    _install(session, "test")
-    session.run("python", "benchmarks/calibrate.py", *session.posargs)
-    session.run("python", "benchmarks/calibrate_hw.py", *session.posargs)
+    _run(session, "python", "benchmarks/calibrate.py", *session.posargs)
+    _run(session, "python", "benchmarks/calibrate_hw.py", *session.posargs)
 
 
-@nox.session(name="bench-numerics", default=False)
+@shared(name="bench-numerics", default=False)
 def bench_numerics(session: nox.Session) -> None:
     """What portable numerics cost: training and latency, pinned / native (ratios)."""
-    _install(session, "test")
-    session.run("python", "benchmarks/bench_numerics.py", *session.posargs)
+    _run(session, "python", "benchmarks/bench_numerics.py", *session.posargs)
 
 
-@nox.session(default=False)
+@shared(default=False)
 def tolerances(session: nox.Session) -> None:
     """Derive the reference suites' tolerances from seed reruns (the noise floor)."""
-    _install(session, "test")
-    session.run("python", "benchmarks/tolerances.py", *session.posargs)
+    _run(session, "python", "benchmarks/tolerances.py", *session.posargs)
 
 
-@nox.session(default=False)
+@shared(default=False)
 def results(session: nox.Session) -> None:
     """Every technique x sparsity on the digits MLP: docs/results.md and docs/results.png."""
-    _install(session, "test")
-    session.run("python", "benchmarks/results.py", *session.posargs)
+    _run(session, "python", "benchmarks/results.py", *session.posargs)
