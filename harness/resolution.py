@@ -94,7 +94,7 @@ def resolve(suite: SuiteSpec) -> SuiteSpec:
                 suite.test,
                 seed=suite.split_seed,
                 base=base,
-                args={k: v for k, v in suite.dataset_args.items() if k in ("shape", "kind")},
+                args=suite.dataset_args,
             )
         except data_registry.DatasetError as err:
             raise fail("cv.test", suite.test, str(err)) from None

@@ -583,7 +583,7 @@ def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool, cache: DenseC
             suite.test,
             seed=suite.split_seed,
             base=suite.base_dir,
-            args={k: v for k, v in suite.dataset_args.items() if k in ("shape", "kind")},
+            args=suite.dataset_args,
         )
     folds: list[FoldResult] = []
     with _torch_settings(suite.threads):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from harness import inputs
-from harness.data.registry import Dataset, DatasetError, load_dataset
+from harness.data.registry import GENERIC_ARGS, Dataset, DatasetError, load_dataset
 
 BOOTSTRAP_RESAMPLES = 1000
 CI_LEVEL = 0.95
@@ -48,7 +48,9 @@ def split_test(
     if isinstance(test, str):
         from harness.data.edge import map_labels
 
-        other = load_dataset(test, args or {}, base)
+        # the suite's generic dataset_args (shape, kind) apply to the test data too
+        generic = {k: v for k, v in (args or {}).items() if k in GENERIC_ARGS}
+        other = load_dataset(test, generic, base)
         if _layout(other.spec) != _layout(ds.spec):  # named fields too, not just the main one
             raise DatasetError(
                 f"test split {test}: samples are {other.spec.describe()}, the dataset's are "
