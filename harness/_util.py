@@ -87,10 +87,14 @@ _DEADLINE: ContextVar[tuple[float, float] | None] = ContextVar("harness_deadline
 
 
 @contextmanager
-def time_budget(seconds: float | None) -> Iterator[None]:
+def time_budget(seconds: float | None, *, total: float | None = None) -> Iterator[None]:
     """Within the block, :func:`check_budget` raises :class:`BudgetError` once ``seconds``
-    have passed (None: no budget)."""
-    token = _DEADLINE.set(None if seconds is None else (time.monotonic() + seconds, seconds))
+    have passed (None: no budget). ``total`` is the budget's whole length, for the message, when
+    ``seconds`` is what is left of it (a fold job in a worker)."""
+    if seconds is None:
+        token = _DEADLINE.set(None)
+    else:
+        token = _DEADLINE.set((time.monotonic() + seconds, seconds if total is None else total))
     try:
         yield
     finally:

@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING
 from harness._util import HarnessError, redact
 
 if TYPE_CHECKING:
+    from harness.executors import Executor
     from harness.results import Outcome
-    from harness.spec import SuiteSpec
+    from harness.runner import DenseCache
+    from harness.session import Recorder, Settings
+    from harness.spec import CaseSpec, SuiteSpec
 
 
 class UsageError(Exception):
@@ -50,6 +53,25 @@ def _parser() -> argparse.ArgumentParser:
         "--device",
         default=None,
         help="run every suite on this device: cpu, cuda, cuda:N, mps or auto (overrides theirs)",
+    )
+    run.add_argument(
+        "--executor",
+        default=None,
+        help="where the folds run: serial (default), process or ray (overrides the suites')",
+    )
+    run.add_argument("--workers", type=int, default=None, help="processes of the process executor")
+    run.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(".harness") / "cache",
+        help="disk cache of dense models (default: .harness/cache)",
+    )
+    run.add_argument("--no-cache", action="store_true", help="no disk cache")
+    run.add_argument(
+        "--cache-results", action="store_true", help="also reuse whole fold results from it"
+    )
+    run.add_argument(
+        "--ray-address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else local)"
     )
     run.add_argument(
         "--numerics",
@@ -87,6 +109,18 @@ def _parser() -> argparse.ArgumentParser:
         help="metric to show (repeatable; default: key ones)",
     )
     cmp.add_argument("--all", action="store_true", help="show every metric both sides have")
+
+    merge = sub.add_parser(
+        "merge-reports",
+        help="merge the report directories of CI shards (--harness-shard) into one report",
+    )
+    merge.add_argument(
+        "dirs", nargs="+", type=Path, help="the shards' --harness-report directories"
+    )
+    merge.add_argument("--out", type=Path, required=True, help="the merged report directory")
+    merge.add_argument(
+        "--mlflow-uri", default=None, help="also log the merged cases as one MLflow session"
+    )
     return parser
 
 
@@ -119,9 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     state = numerics.configure(args.numerics)  # before torch is imported
     from harness import report, tracking
-    from harness.runner import DenseCache
-    from harness.session import Settings, check_case, open_recorder
-    from harness.spec import BOUNDS, device_problem
+    from harness.session import Executors, Settings, open_recorder
+    from harness.spec import BOUNDS, device_problem, executor_problem
 
     if args.time_budget is not None and not 0 < args.time_budget <= BOUNDS["time_budget"]:
         raise UsageError(
@@ -139,6 +172,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except DeviceError as err:
             said = str(err).partition(": ")[2] or str(err)
             raise UsageError(f"--device {args.device}: {said}") from None
+    if args.executor is not None and (problem := executor_problem(args.executor)) is not None:
+        raise UsageError(f"--executor {args.executor}: {problem}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be >= 1")
     suites = _load(args.suites, device=args.device)
     selected = [(s, c) for s in suites for c in s.cases if not args.case or c.name in args.case]
     missing = set(args.case) - {c.name for _, c in selected}
@@ -153,6 +190,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_models=args.log_models,
         time_budget=args.time_budget,
         device=args.device,
+        executor=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        cache_dir=None if args.no_cache else args.cache,
+        cache_results=args.cache_results,
     )
     recorder = open_recorder(
         settings,
@@ -161,25 +203,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         outbox=tracking.OUTBOX,
         regen=_regen,
     )
-    cache = DenseCache()
+    cache, executors = settings.dense_cache(), Executors(settings)
     print(f"numerics: {state.describe()}", flush=True)
     if state.note:
         print(f"note: {state.note}", flush=True)
-    for suite, case in selected:
-        try:
-            outcome = check_case(suite, case, settings, cache=cache)
-        except HarnessError as err:
-            raise UsageError(f"{suite.name}::{case.name}: {err}") from None
-        except MemoryError:
-            raise UsageError(
-                f"{suite.name}::{case.name}: out of memory (MemoryError); lower the sizes in "
-                "the suite (dataset_args, latency.batch, model_args)"
-            ) from None
-        status = outcome.verdict.status.value
-        print(f"{suite.name}::{case.name} {status.upper()}", flush=True)
-        for line in outcome.verdict.lines(_regen(outcome)) if not outcome.verdict.ok else []:
-            print(f"  {line}")
-        recorder.add(outcome)
+    try:
+        for suite, case in selected:
+            _check_one(suite, case, settings, cache, executors.for_suite(suite), recorder)
+    finally:
+        executors.close()
     recorder.finish()
     report.write_step_summary(recorder.outcomes, _regen)
     print()
@@ -187,6 +219,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in recorder.messages:
         print(line)
     return 0 if all(o.verdict.ok for o in recorder.outcomes) else 1
+
+
+def _check_one(
+    suite: SuiteSpec,
+    case: CaseSpec,
+    settings: Settings,
+    cache: DenseCache,
+    executor: Executor,
+    recorder: Recorder,
+) -> None:
+    """Check one case, print its verdict and record it; a harness error is exit status 2."""
+    from harness.session import check_case
+
+    try:
+        outcome = check_case(suite, case, settings, cache=cache, executor=executor)
+    except HarnessError as err:
+        raise UsageError(f"{suite.name}::{case.name}: {err}") from None
+    except MemoryError:
+        raise UsageError(
+            f"{suite.name}::{case.name}: out of memory (MemoryError); lower the sizes in "
+            "the suite (dataset_args, latency.batch, model_args)"
+        ) from None
+    status = outcome.verdict.status.value
+    print(f"{suite.name}::{case.name} {status.upper()}", flush=True)
+    for line in outcome.verdict.lines(_regen(outcome)) if not outcome.verdict.ok else []:
+        print(f"  {line}")
+    recorder.add(outcome)
 
 
 def _regen(outcome: Outcome) -> str:
@@ -304,6 +363,57 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge_reports(args: argparse.Namespace) -> int:
+    """One report (case folders, summary.md / summary.json, job summary, optionally one MLflow
+    session) from the report directories of a sharded run."""
+    import shutil
+
+    from harness import report, tracking
+    from harness.session import Settings, open_recorder
+    from harness.shard import ShardError, merge_reports
+
+    out = args.out.resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
+    if any(Path(d).resolve() == out for d in args.dirs):
+        raise UsageError(f"--out {args.out}: is one of the directories to merge")
+    try:
+        merged = merge_reports(args.dirs)
+    except ShardError as err:
+        raise UsageError(f"merge-reports: {err}") from None
+    settings = Settings.build(Path.cwd(), report_dir=out, tracked=args.mlflow_uri is not None)
+    recorder = open_recorder(
+        settings,
+        mlflow_uri=args.mlflow_uri,
+        session_name=f"prune-harness merge-reports ({len(merged.shards)} shards)",
+        outbox=tracking.OUTBOX,
+        regen=_pytest_regen,
+    )
+    for folder, outcome in zip(merged.folders, merged.outcomes, strict=True):
+        target = out / folder.name
+        try:
+            shutil.copytree(folder, target, dirs_exist_ok=True)
+        except (OSError, shutil.Error) as err:
+            raise UsageError(f"--out {args.out}: {target} cannot be written ({err})") from None
+        recorder.add(dataclasses.replace(outcome, artifacts=str(target)))
+    recorder.finish()
+    report.write_step_summary(recorder.outcomes, _pytest_regen)
+    print("\n".join(report.terminal_lines(recorder.outcomes)))
+    for line in merged.unreported:
+        print(line)
+    for line in recorder.messages:
+        print(line)
+    print(f"merged {len(merged.outcomes)} case(s) of {len(merged.shards)} report dir(s) into {out}")
+    passed = all(o.verdict.ok for o in recorder.outcomes) and not merged.unreported
+    return 0 if passed else 1
+
+
+def _pytest_regen(outcome: Outcome) -> str:
+    """The regen command a pytest session's summary names (the shards ran pytest)."""
+    node = f"{Path(outcome.source).as_posix()}::{outcome.result.case}"
+    return f"`pytest {shlex.quote(node)} --harness-regen`"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {
@@ -312,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "baselines": cmd_baselines,
         "mlflow-sync": cmd_mlflow_sync,
         "compare": cmd_compare,
+        "merge-reports": cmd_merge_reports,
     }
     try:
         return commands[args.command](args)

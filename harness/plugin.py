@@ -20,20 +20,27 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from harness.base import Base, BaseRun
     from harness.results import Outcome
     from harness.runner import DenseCache
-    from harness.session import Recorder, Settings
+    from harness.session import Executors, Recorder, Settings
+    from harness.shard import Shard, ShardPlan
     from harness.spec import CaseSpec, SuiteSpec
 
 OUTCOME_PROPERTY = "harness.outcome"
 SUITES_DIR = "suites"
 
 
-def _directory(value: str) -> Path:
-    path = Path(value)
-    if path.exists() and not path.is_dir():
-        raise pytest.UsageError(f"--harness-report={value}: exists and is not a directory")
-    return path
+def _directory(option: str) -> Any:
+    """The type of a directory option: a path that is a directory or does not exist yet."""
+
+    def check(value: str) -> Path:
+        path = Path(value)
+        if path.exists() and not path.is_dir():
+            raise pytest.UsageError(f"{option}={value}: exists and is not a directory")
+        return path
+
+    return check
 
 
 def _uri(value: str, where: str = "--harness-mlflow-uri") -> str:
@@ -72,8 +79,78 @@ def _device_option(value: str, where: str = "--harness-device") -> str:
     return value
 
 
+def _executor_option(value: str, where: str = "--harness-executor") -> str:
+    from harness.spec import executor_problem
+
+    if (problem := executor_problem(value)) is not None:
+        raise pytest.UsageError(f"{where}={value}: {problem}")
+    return value
+
+
+def _workers(value: str, where: str = "--harness-workers") -> int:
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise pytest.UsageError(f"{where}={value}: must be a whole number >= 1")
+    return workers
+
+
+def _shard_option(value: str, where: str = "--harness-shard") -> Shard:
+    from harness.shard import Shard, ShardError
+
+    try:
+        return Shard.parse(value, where)
+    except ShardError as err:
+        raise pytest.UsageError(str(err)) from None
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "prune-harness: pruning quality gate")
+    group.addoption(
+        "--harness-executor",
+        metavar="NAME",
+        type=_executor_option,
+        default=None,
+        help="where the folds of every case run: serial (default), process (a pool of local "
+        "processes) or ray (a Ray cluster); overrides the suites' executor",
+    )
+    group.addoption(
+        "--harness-cache",
+        metavar="DIR",
+        type=_directory("--harness-cache"),
+        default=None,
+        help="disk cache of trained dense models, shared by processes and sessions "
+        "(default: <rootdir>/.harness/cache)",
+    )
+    group.addoption(
+        "--harness-no-cache",
+        action="store_true",
+        default=False,
+        help="no disk cache: every session trains its dense models",
+    )
+    group.addoption(
+        "--harness-cache-results",
+        action="store_true",
+        default=False,
+        help="also reuse whole fold results from the cache when nothing they depend on changed "
+        "(spec, data, code, hardware); latency is then the cached measurement",
+    )
+    group.addoption(
+        "--harness-workers",
+        metavar="N",
+        type=_workers,
+        default=None,
+        help="processes of the process executor (default: the cores, shared among xdist workers)",
+    )
+    group.addoption(
+        "--harness-ray-address",
+        metavar="ADDRESS",
+        type=lambda v: _uri(v, "--harness-ray-address"),
+        default=None,
+        help="the Ray cluster of the ray executor (default: $RAY_ADDRESS, else a local one)",
+    )
     group.addoption(
         "--harness-time-budget",
         metavar="SECONDS",
@@ -106,7 +183,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--harness-baselines",
         metavar="DIR",
-        type=_directory,
+        type=_directory("--harness-baselines"),
         default=None,
         help="baseline directory (default: <rootdir>/baselines)",
     )
@@ -132,9 +209,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--harness-report",
         metavar="DIR",
-        type=_directory,
+        type=_directory("--harness-report"),
         default=None,
         help="write per-case JSON and a markdown/JSON session summary to DIR",
+    )
+    group.addoption(
+        "--harness-shard",
+        metavar="K/N",
+        type=_shard_option,
+        default=None,
+        help="run only shard K of N: cases split by their stored durations "
+        "(baselines/durations.json); other tests run in shard 1",
+    )
+    group.addoption(
+        "--harness-base",
+        metavar="REF",
+        type=_base_ref,
+        default=None,
+        help="gate against the git revision REF (a branch, origin/main, a sha) measured on this "
+        "machine in the same job (a worktree; results cached per commit and machine), "
+        "instead of baselines/; see docs/base.md",
     )
     for name, help_text, kind in INI_SETTINGS:
         parser.addini(name, help_text, type=kind, default=None)
@@ -150,6 +244,14 @@ INI_SETTINGS: tuple[tuple[str, str, Any], ...] = (
     ("harness_report", "write reports to this directory (relative to rootdir)", "string"),
     ("harness_time_budget", "seconds per case (the tighter of it and a suite's)", "string"),
     ("harness_device", "device for every suite: cpu, cuda, cuda:N, mps or auto", "string"),
+    ("harness_shard", "run only shard K/N of the cases (split by stored durations)", "string"),
+    ("harness_executor", "where the folds run: serial, process or ray", "string"),
+    ("harness_cache", "disk cache directory (relative to rootdir)", "string"),
+    ("harness_no_cache", "no disk cache", "bool"),
+    ("harness_cache_results", "reuse whole fold results from the disk cache", "bool"),
+    ("harness_workers", "processes of the process executor", "string"),
+    ("harness_ray_address", "the Ray cluster of the ray executor", "string"),
+    ("harness_base", "gate against this git revision, measured on this machine", "string"),
 )
 
 
@@ -162,7 +264,7 @@ def _setting(config: pytest.Config, name: str) -> Any:
     ini = config.getini(name)
     if ini in (None, "", []):
         return value
-    if name in ("harness_baselines", "harness_report"):
+    if name in ("harness_baselines", "harness_report", "harness_cache"):
         return Path(str(config.rootpath)) / str(ini).strip()
     if name == "harness_time_budget":
         return _seconds(str(ini).strip(), "harness_time_budget (ini)")
@@ -170,6 +272,16 @@ def _setting(config: pytest.Config, name: str) -> Any:
         return _device_option(str(ini).strip(), "harness_device (ini)")
     if name == "harness_mlflow_uri":
         return _uri(str(ini), "harness_mlflow_uri (ini)")
+    if name == "harness_shard":
+        return _shard_option(str(ini).strip(), "harness_shard (ini)")
+    if name == "harness_executor":
+        return _executor_option(str(ini).strip(), "harness_executor (ini)")
+    if name == "harness_workers":
+        return _workers(str(ini).strip(), "harness_workers (ini)")
+    if name == "harness_ray_address":
+        return _uri(str(ini).strip(), "harness_ray_address (ini)")
+    if name == "harness_base":
+        return _base_ref(str(ini).strip(), "harness_base (ini)")
     return ini
 
 
@@ -179,6 +291,7 @@ class HarnessPlugin:
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
+        self.measured: dict[str, float] = {}  # --harness-regen: seconds per case node id
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -188,7 +301,10 @@ class HarnessPlugin:
                 if report.when == "call":  # the teardown report carries the same properties
                     from harness.session import Outcome
 
-                    self.recorder.add(Outcome.from_json(str(value)))
+                    outcome = Outcome.from_json(str(value))
+                    self.recorder.add(outcome)
+                    if self.recorder.settings.regen and _is_case_node(report.nodeid):
+                        self.measured[report.nodeid] = outcome.result.seconds
             else:
                 keep.append((name, value))
         report.user_properties = keep  # the full outcome is not a junitxml property
@@ -223,6 +339,9 @@ class HarnessPlugin:
 
         self.recorder.finish()
         report.write_step_summary(self.recorder.outcomes, _summary_regen)
+        if self.measured:  # --harness-regen: the shards' costs (harness.shard)
+            line = _store_durations(self.recorder.settings.baselines, self.measured)
+            self.recorder.messages.append(line)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -253,24 +372,39 @@ def pytest_report_header(config: pytest.Config) -> str:
 _PLUGIN_KEY = pytest.StashKey[HarnessPlugin]()
 _SETTINGS_KEY: pytest.StashKey[Settings] = pytest.StashKey()
 _CACHE_KEY: pytest.StashKey[DenseCache] = pytest.StashKey()
+_EXECUTORS_KEY: pytest.StashKey[Executors] = pytest.StashKey()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     from harness import tracking
-    from harness.session import Settings, open_recorder
+    from harness.session import CACHE_DIR, Settings, open_recorder
 
     root = Path(str(config.rootpath))
     settings = Settings.build(
         root,
-        baselines=_resolved(_setting(config, "harness_baselines")),
+        baselines=_base_baselines(config) or _resolved(_setting(config, "harness_baselines")),
         regen=config.getoption("harness_regen"),
         report_dir=_resolved(_setting(config, "harness_report")),
         tracked=not _setting(config, "harness_no_mlflow"),
         log_models=bool(_setting(config, "harness_log_models")),
         time_budget=_setting(config, "harness_time_budget"),
         device=_setting(config, "harness_device"),
+        executor=_setting(config, "harness_executor"),
+        workers=_setting(config, "harness_workers"),
+        ray_address=_setting(config, "harness_ray_address"),
+        cache_dir=None
+        if _setting(config, "harness_no_cache")
+        else _resolved(_setting(config, "harness_cache")) or CACHE_DIR,
+        cache_results=bool(_setting(config, "harness_cache_results")),
     )
     config.stash[_SETTINGS_KEY] = settings
+    if (shard := _setting(config, "harness_shard")) is not None:
+        from harness.shard import DURATIONS_FILE
+
+        durations = _committed_baselines(config, settings) / DURATIONS_FILE
+        selector = ShardSelector(shard, durations, settings.report_dir)
+        config.stash[_SHARD_KEY] = selector
+        config.pluginmanager.register(selector, "harness-shard")
     if hasattr(config, "workerinput"):
         return  # xdist worker: outcomes travel to the controller with the test reports
     uri = _setting(config, "harness_mlflow_uri") or tracking.default_uri(root)
@@ -284,6 +418,8 @@ def pytest_configure(config: pytest.Config) -> None:
     plugin = HarnessPlugin(recorder)
     config.stash[_PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "harness-controller")
+    if (gate := config.stash.get(_BASE_KEY, None)) is not None:
+        config.pluginmanager.register(gate, "harness-base")
 
 
 def _resolved(path: Path | None) -> Path | None:
@@ -297,6 +433,19 @@ def _summary_regen(outcome: Outcome) -> str:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    gate = config.stash.get(_BASE_KEY, None)
+    if gate is not None:
+        del config.stash[_BASE_KEY]
+        if config.pluginmanager.is_registered(gate):
+            config.pluginmanager.unregister(gate)
+    selector = config.stash.get(_SHARD_KEY, None)
+    if selector is not None:
+        del config.stash[_SHARD_KEY]
+        config.pluginmanager.unregister(selector)
+    executors = config.stash.get(_EXECUTORS_KEY, None)
+    if executors is not None:  # this process's worker pools (controller or xdist worker)
+        del config.stash[_EXECUTORS_KEY]
+        executors.close()
     plugin = config.stash.get(_PLUGIN_KEY, None)
     if plugin is not None:
         del config.stash[_PLUGIN_KEY]
@@ -391,13 +540,15 @@ class CaseItem(pytest.Item):
 
 
 def _check(config: pytest.Config, suite: SuiteSpec, case: CaseSpec, nodeid: str) -> Outcome:
-    from harness.runner import DenseCache
-    from harness.session import check_case
+    from harness.session import Executors, check_case
 
     settings = config.stash[_SETTINGS_KEY]
     if _CACHE_KEY not in config.stash:  # one per process: this session's dense models
-        config.stash[_CACHE_KEY] = DenseCache()
-    return check_case(suite, case, settings, cache=config.stash[_CACHE_KEY])
+        config.stash[_CACHE_KEY] = settings.dense_cache()
+    if _EXECUTORS_KEY not in config.stash:  # one per process: its worker pools
+        config.stash[_EXECUTORS_KEY] = Executors(settings)
+    executor = config.stash[_EXECUTORS_KEY].for_suite(suite)
+    return check_case(suite, case, settings, cache=config.stash[_CACHE_KEY], executor=executor)
 
 
 def regen_hint(nodeid: str) -> str:
@@ -449,3 +600,273 @@ class CaseChecker:
 def prune_harness(request: pytest.FixtureRequest) -> CaseChecker:
     """Check pruning cases from a Python test: ``prune_harness.check(spec, "case-name")``."""
     return CaseChecker(request)
+
+
+# --- CI shards (--harness-shard K/N; the assignment is harness.shard's) -------------------------
+
+_SHARD_OUTPUT = "harness_shard"  # key of an xdist worker's plan in its workeroutput
+
+
+class ShardSelector:
+    """``--harness-shard K/N``: keeps the cases of shard K (every process computes the same
+    split from the collected node ids and the durations file), other tests only in shard 1; says
+    what the shard runs, records it in the report directory, and lets an empty shard pass."""
+
+    def __init__(self, shard: Shard, durations: Path, report_dir: Path | None) -> None:
+        self.shard, self.durations, self.report_dir = shard, durations, report_dir
+        self.plan: ShardPlan | None = None
+        self.shown = False
+        self.notes: list[str] = []
+
+    def _durations(self) -> dict[str, float]:
+        from harness.shard import ShardError, load_durations
+
+        try:
+            return load_durations(self.durations)
+        except ShardError as err:
+            raise pytest.UsageError(f"--harness-shard={self.shard}: {err}") from None
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Check the durations file before any xdist worker starts."""
+        self._durations()
+
+    @pytest.hookimpl(trylast=True)  # after -k, -m and other plugins have selected
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[Any]) -> None:
+        from harness.shard import ShardPlan, assign
+
+        cases = [item.nodeid for item in items if isinstance(item, CaseItem)]
+        assignment = assign(cases, self.shard.count, self._durations())
+        keep: list[Any] = []
+        drop: list[Any] = []
+        for item in items:
+            if isinstance(item, CaseItem):
+                mine = assignment.shard_of[item.nodeid] == self.shard.index
+            else:
+                mine = self.shard.index == 1  # other tests: once, in the first shard
+            (keep if mine else drop).append(item)
+        self.plan = ShardPlan.of(self.shard, assignment, deselected=len(drop))
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+        if hasattr(config, "workerinput"):
+            config.workeroutput[_SHARD_OUTPUT] = self.plan.to_dict()  # type: ignore[attr-defined]
+
+    def pytest_report_collectionfinish(self, config: pytest.Config) -> str | None:
+        if self.plan is None:
+            return None
+        self.shown = True
+        return self.plan.line()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        from harness.shard import ShardPlan
+
+        data = getattr(node, "workeroutput", {}).get(_SHARD_OUTPUT)
+        if self.plan is None and data is not None:  # xdist: the controller collects nothing
+            self.plan = ShardPlan.from_dict(data, "xdist worker")
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.plan is None or hasattr(session.config, "workerinput"):
+            return
+        if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.plan.deselected:
+            session.exitstatus = pytest.ExitCode.OK  # an empty shard: the others run it all
+        if self.report_dir is not None:
+            from harness._util import write_json_atomic
+            from harness.shard import SHARD_PLAN_FILE
+
+            path = self.report_dir / SHARD_PLAN_FILE  # what merge-reports checks
+            try:
+                write_json_atomic(path, self.plan.to_dict())
+            except OSError as err:
+                self.notes.append(f"prune-harness: {path} not written ({err.strerror or err})")
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.plan is not None and not self.shown:
+            terminalreporter.write_line(self.plan.line())
+        for note in self.notes:
+            terminalreporter.write_line(note)
+
+
+_SHARD_KEY = pytest.StashKey[ShardSelector]()
+
+
+def _is_case_node(nodeid: str) -> bool:
+    """A suite case's node id (``suites/digits_mlp.toml::magnitude-90``), not a Python test's
+    that used the ``prune_harness`` fixture."""
+    path, sep, name = nodeid.partition("::")
+    return bool(sep) and path.endswith(".toml") and "::" not in name
+
+
+def _store_durations(baselines: Path, measured: dict[str, float]) -> str:
+    """Merge the measured seconds into ``baselines/durations.json``; the line to print."""
+    from harness.shard import DURATIONS_FILE, ShardError, merge_durations
+
+    path = baselines / DURATIONS_FILE
+    try:
+        merge_durations(path, measured)
+    except ShardError as err:
+        return f"prune-harness: case durations not updated: {err} (fix or delete the file)"
+    except OSError as err:
+        return f"prune-harness: case durations not updated: {path}: {err.strerror or err}"
+    return f"prune-harness: durations of {len(measured)} case(s) written to {path}"
+
+
+# --- same-machine base (--harness-base REF; the measuring is harness.base's) --------------------
+
+_BASE_INPUT = "harness_base_baselines"  # an xdist worker's workerinput: the base's baselines
+
+
+def _base_ref(value: str, where: str = "--harness-base") -> str:
+    if not value.strip():
+        raise pytest.UsageError(f"{where}: must name a git revision (a branch, a sha, HEAD~1)")
+    return value.strip()
+
+
+class BaseGate:
+    """``--harness-base REF``: once the cases are collected and before any runs (xdist's workers
+    wait), measures the selected cases at the base commit on this machine (:mod:`harness.base`)
+    into the baseline directory every process of the session compares with; says so after
+    collection and in the summary."""
+
+    def __init__(self, base: Base, info: dict[str, Any]) -> None:
+        self.base, self.info = base, info
+        self.run: BaseRun | None = None
+        self.line: str | None = None  # not yet printed
+
+    def _measure(self, config: pytest.Config, node_ids: list[str]) -> None:
+        from harness.base import BaseError, measure
+
+        if self.run is not None or config.option.collectonly:
+            return
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+        def say(count: int) -> None:
+            if reporter is not None:
+                reporter.ensure_newline()
+                reporter.write_line(
+                    f"prune-harness: measuring {count} case(s) at base {self.base.sha12} "
+                    f"({self.base.ref}) on this machine in {self.base.tree} ..."
+                )
+
+        cases = [n for n in node_ids if _is_case_node(n) and not n.startswith("..")]
+        try:
+            self.run = measure(
+                self.base,
+                cases,
+                options=_base_options(config),
+                info=self.info,
+                where="--harness-base",
+                on_run=say,
+            )
+        except BaseError as err:
+            raise pytest.UsageError(str(err)) from None
+        self.line = f"prune-harness: {self.run.line()}"
+
+    @pytest.hookimpl(tryfirst=True)  # before the terminal reporter's "collected N items"
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self._measure(session.config, [i.nodeid for i in session.items if isinstance(i, CaseItem)])
+
+    def pytest_report_collectionfinish(self, config: pytest.Config) -> str | None:
+        line, self.line = self.line, None
+        return line
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[_BASE_INPUT] = str(self.base.baselines)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        # xdist: the controller collects nothing; the first worker's ids are everyone's
+        self._measure(node.config, list(ids))
+        reporter = node.config.pluginmanager.get_plugin("terminalreporter")
+        if self.line is not None and reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(self.line)
+            self.line = None
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.run is None:
+            return
+        base = self.base
+        terminalreporter.write_line(
+            f"prune-harness: verdicts compare with base {base.sha12} ({base.ref}) measured on "
+            f"this machine ({base.baselines}), not the committed baselines: 'baseline' in them is "
+            "the base commit's result"
+        )
+        if self.run.missing:
+            terminalreporter.write_line(
+                f"prune-harness: {len(self.run.missing)} case(s) have no result at base "
+                f"{base.sha12} (new since, or failed there: {base.cache / 'run.log'}): they "
+                "report as new"
+            )
+
+
+_BASE_KEY = pytest.StashKey[BaseGate]()
+
+
+def _base_baselines(config: pytest.Config) -> Path | None:
+    """``--harness-base``: the base's baseline directory (from the controller on an xdist
+    worker), resolving the revision and the machine on the controller; None without it."""
+    import os
+
+    from harness.base import ENV_CHILD, BaseError, machine, machine_digest, resolve
+
+    if hasattr(config, "workerinput"):
+        given = config.workerinput.get(_BASE_INPUT)
+        return Path(given) if given else None
+    if os.environ.get(ENV_CHILD):
+        return None  # the base run itself
+    ref = config.getoption("harness_base")
+    if ref is not None and config.getoption("harness_regen"):
+        raise pytest.UsageError(
+            f"--harness-base={ref} and --harness-regen: regen rewrites baselines/ and gates "
+            "nothing against a base; run them separately"
+        )
+    if ref is None and not config.getoption("harness_regen"):
+        ref = _setting(config, "harness_base")  # the ini's; --harness-regen ignores it
+    if ref is None:
+        return None
+    root = Path(str(config.rootpath))
+    try:
+        base = resolve(root, ref, hardware="", where="--harness-base")  # before torch
+        info = machine(_setting(config, "harness_device"))
+    except BaseError as err:
+        raise pytest.UsageError(str(err)) from None
+    base = dataclasses.replace(base, hardware=machine_digest(info))
+    config.stash[_BASE_KEY] = BaseGate(base, info)
+    return base.baselines
+
+
+def _committed_baselines(config: pytest.Config, settings: Settings) -> Path:
+    """The committed baseline directory (``baselines/`` or the option's), also under
+    ``--harness-base``: the shards' durations are there."""
+    if _BASE_KEY not in config.stash and not (
+        hasattr(config, "workerinput") and config.workerinput.get(_BASE_INPUT)
+    ):
+        return settings.baselines
+    given = _resolved(_setting(config, "harness_baselines"))
+    return (Path(str(config.rootpath)) / (given or "baselines")).resolve()
+
+
+def _base_options(config: pytest.Config) -> list[tuple[str, ...]]:
+    """The session's settings the base run takes over (those its revision knows; harness.base
+    checks): numerics mode, device, executor, workers, Ray address, the dense disk cache (keyed
+    by content, so base and head share what is the same), xdist's processes."""
+    from harness import numerics
+
+    settings = config.stash[_SETTINGS_KEY]
+    options: list[tuple[str, ...]] = [("--harness-numerics", numerics.current().requested)]
+    for option, value in (
+        ("--harness-device", settings.device),
+        ("--harness-executor", settings.executor),
+        ("--harness-workers", str(settings.workers) if settings.workers else None),
+        ("--harness-ray-address", settings.ray_address),
+        ("--harness-cache", str(settings.cache_dir) if settings.cache_dir else None),
+    ):
+        if value is not None:
+            options.append((option, value))
+    if settings.cache_dir is None:
+        options.append(("--harness-no-cache",))
+    if workers := getattr(config.option, "numprocesses", None):
+        options.append(("-n", str(workers)))
+    return options

@@ -15,7 +15,7 @@ from harness import numerics
 _PACKAGES = ("numpy", "scikit-learn", "scipy", "torch-pruning", "prune-harness")
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -40,7 +40,7 @@ def environment(threads: int, *, device: str = "cpu") -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    cpu = _cpu_name()
+    cpu = cpu_name()
     git_version = getattr(torch.version, "git_version", "") or ""
     build = f"{torch.__version__} ({git_version[:12]})" if git_version else torch.__version__
     hardware = numerics.fingerprint(cpu=cpu, torch_build=build, threads=threads, device=device)

@@ -140,6 +140,25 @@ def _check_method(case: CaseSpec, where: str, source: str) -> None:
             f"unknown method (known: {', '.join(registry.names())})",
         )
     registry.get(method).parse_spec(case.prune, source=source, path=f"{where}.prune")
+    if method in OPTIONAL:
+        import importlib.util
+
+        module, extra = OPTIONAL[method]
+        try:
+            missing = importlib.util.find_spec(module) is None
+        except (ImportError, ValueError):  # blocked (sys.modules[module] = None) or broken
+            missing = True
+        if missing:
+            raise SpecError(
+                source,
+                f"{where}.prune.method",
+                method,
+                f"needs {module}, which is not installed (pip install 'prune-harness[{extra}]')",
+            )
+
+
+# methods built on an optional dependency: method -> (module, the extra that installs it)
+OPTIONAL = {"lrp": ("captum", "lrp")}
 
 
 def _check_ignore(case: CaseSpec, where: str, model: Any, fail: Any) -> None:

@@ -4,11 +4,12 @@ from a :class:`DenseCache` the caller owns (one per session), keyed by content."
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import dataclasses
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +21,10 @@ from torch import nn
 from harness import _util, devices, inputs, numerics
 from harness import metrics as M
 from harness._util import HarnessError
+from harness.cache import DiskCache, Entry
 from harness.data import Dataset, Fold, load_dataset, make_folds
 from harness.data.split import TestSplit, bootstrap_mean_ci, split_test
+from harness.executors import Executor, Resources, SerialExecutor
 from harness.metricnames import MODELS, MetricRef, model_names
 from harness.models import (
     build,
@@ -38,7 +41,16 @@ from harness.results import CaseResult, MetricSummary
 from harness.spec import CaseSpec, LatencySpec, SuiteSpec, TrainSpec
 from harness.training import TrainingError, fit, predict_logits
 
-__all__ = ["CaseError", "CaseResult", "DenseCache", "FoldResult", "MetricSummary", "run_case"]
+__all__ = [
+    "CaseError",
+    "CaseResult",
+    "DenseCache",
+    "FoldJob",
+    "FoldResult",
+    "MetricSummary",
+    "fold_job",
+    "run_case",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,18 +72,55 @@ class _Dense:
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.state.values())
 
+    def to_entry(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and meta of a disk-cache entry (:class:`harness.cache.DiskCache`)."""
+        ev = self.evaluation
+        tensors = {f"state/{k}": v.detach().cpu() for k, v in self.state.items()}
+        for name in ("confusion", "pred", "logits"):
+            tensors[f"eval/{name}"] = torch.from_numpy(np.ascontiguousarray(getattr(ev, name)))
+        return tensors, {"metrics": ev.metrics}
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> _Dense:
+        t = entry.tensors
+        state = {k.removeprefix("state/"): v for k, v in t.items() if k.startswith("state/")}
+        evaluation = _Evaluation(
+            {k: float(v) for k, v in entry.meta["metrics"].items()},
+            t["eval/confusion"].numpy(),
+            t["eval/pred"].numpy(),
+            t["eval/logits"].numpy(),
+        )
+        return cls(state, evaluation)
+
+
+DENSE_KEY = ("dense", "data", "model_source", "checkpoint", "numerics", "torch", "fold", "device")
+
 
 class DenseCache:
-    """Trained dense models of one process, keyed by content: the dense spec, the data's digest
-    (not its name: two files called d.npz in two suites are two datasets), the model factory's
-    source, the numerics mode, the torch version and the fold. Least recently used entries are
+    """Trained dense models, keyed by content: the dense spec, the data's digest (not its name:
+    two files called d.npz in two suites are two datasets), the model factory's source, the
+    numerics mode, the torch version, the fold and the device. Least recently used entries are
     dropped beyond ``max_bytes`` of weights. A session owns one and passes it to every case;
-    without one, each :func:`run_case` call trains its own dense models."""
+    without one, each :func:`run_case` call trains its own dense models.
 
-    def __init__(self, max_bytes: int = 2 * 1024**3) -> None:
+    With ``disk`` (a :class:`harness.cache.DiskCache`) the models also go to disk, keyed by the
+    same content plus the harness's code and the CPU's instruction-set level: other processes
+    (xdist workers, executor workers) and later sessions load them instead of training. A
+    process that misses on disk takes the entry's lock first, so two processes that need the
+    same dense model train it once. ``results`` (opt-in) also keeps every fold's results on
+    disk (:func:`fold_job`), keyed by everything that determines them and the hardware."""
+
+    def __init__(
+        self,
+        max_bytes: int = 2 * 1024**3,
+        *,
+        disk: DiskCache | None = None,
+        results: bool = False,
+    ) -> None:
         self.max_bytes = max_bytes
+        self.disk, self.results = disk, results and disk is not None
         self._entries: dict[tuple[str, ...], _Dense] = {}
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.disk_hits = self.trained = 0
 
     @staticmethod
     def key(suite: SuiteSpec, ds: Dataset, fold: Fold) -> tuple[str, ...]:
@@ -101,6 +150,27 @@ class DenseCache:
         while len(self._entries) > 1 and self.nbytes > self.max_bytes:
             del self._entries[next(iter(self._entries))]
 
+    def dense(self, key: tuple[str, ...], train: Callable[[], _Dense]) -> _Dense:
+        """The dense model of ``key``: from memory, from disk, or ``train()``-ed (and stored)."""
+        if (entry := self.get(key)) is not None:
+            return entry
+        if self.disk is None:
+            entry = train()
+            self.trained += 1
+            self.put(key, entry)
+            return entry
+        disk_key = _disk_key(key)
+        with self.disk.lock("dense", disk_key):  # one process trains, the others wait and load
+            if (stored := self.disk.get("dense", disk_key)) is not None:
+                entry = _Dense.from_entry(stored)
+                self.disk_hits += 1
+            else:
+                entry = train()
+                self.trained += 1
+                self.disk.put("dense", disk_key, *entry.to_entry())
+        self.put(key, entry)
+        return entry
+
     @property
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self._entries.values())
@@ -110,6 +180,28 @@ class DenseCache:
 
     def __bool__(self) -> bool:  # an empty cache is still a cache (`cache or ...` keeps it)
         return True
+
+
+def _machine_key() -> dict[str, str]:
+    """What makes two machines compute the same bits: the architecture and instruction-set
+    level, and in native mode the CPU itself."""
+    import platform
+
+    from harness.cache import code_digest
+    from harness.provenance import cpu_name
+
+    state = numerics.current()
+    return {
+        "code": code_digest(),
+        "machine": platform.machine(),
+        "level": state.level,
+        **({"cpu": cpu_name()} if state.mode == "native" else {}),
+    }
+
+
+def _disk_key(key: tuple[str, ...]) -> dict[str, str]:
+    names = DENSE_KEY if len(key) == len(DENSE_KEY) else DENSE_KEY[:-1]
+    return {**dict(zip(names, key, strict=True)), **_machine_key()}
 
 
 @contextmanager
@@ -188,9 +280,10 @@ def _margin(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _dense(suite: SuiteSpec, ds: Dataset, fold: Fold, cache: DenseCache) -> _Dense:
-    key = cache.key(suite, ds, fold)
-    if (entry := cache.get(key)) is not None:
-        return entry
+    return cache.dense(cache.key(suite, ds, fold), lambda: _train_dense(suite, ds, fold))
+
+
+def _train_dense(suite: SuiteSpec, ds: Dataset, fold: Fold) -> _Dense:
     seed = suite.seed * 1000 + fold.index
     model = _new_model(suite, ds, seed)
     if suite.checkpoint is not None:  # the user's trained weights
@@ -202,9 +295,7 @@ def _dense(suite: SuiteSpec, ds: Dataset, fold: Fold, cache: DenseCache) -> _Den
     except TrainingError as err:
         raise CaseError(f"fold {fold.index}: dense {err}") from None
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    entry = _Dense(state, _evaluate(model, fold, ds, "dense", device))
-    cache.put(key, entry)
-    return entry
+    return _Dense(state, _evaluate(model, fold, ds, "dense", device))
 
 
 def _edge_metrics(
@@ -259,9 +350,10 @@ class FoldResult:
     confusion_dense: np.ndarray
     confusion_pruned: np.ndarray
     layer_sparsity: dict[str, float]
-    pruned: nn.Module
+    pruned: nn.Module | None  # in the process that pruned it; None once sent back by a worker
     findings: list[dict[str, Any]] = field(default_factory=list)
     test_pred: dict[str, np.ndarray] = field(default_factory=dict)  # per model, on the test split
+    pruned_state: dict[str, torch.Tensor] | None = None  # kept for ``keep_models`` (CPU tensors)
 
 
 def run_fold(
@@ -527,6 +619,7 @@ def run_case(
     keep_models: bool = False,
     time_budget: float | None = None,
     device: str | None = None,
+    executor: Executor | None = None,
 ) -> CaseResult:
     """Run ``case`` over the suite's k folds; deterministic for the same spec, seeds and machine.
 
@@ -536,7 +629,9 @@ def run_case(
     every fold is kept in ``CaseResult.pruned_states`` (not serialized). ``time_budget``
     (seconds; the tighter of it and the suite's ``time_budget``) stops the case with
     :class:`harness._util.BudgetError`. ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``,
-    ``"mps"``, ``"auto"``) overrides the suite's.
+    ``"mps"``, ``"auto"``) overrides the suite's. ``executor`` runs the folds
+    (:mod:`harness.executors`: serial by default, a process pool, Ray); the results are the same
+    whichever runs them.
     """
     from harness.resolution import resolve
 
@@ -548,10 +643,17 @@ def run_case(
     mode = suite.numerics
     if mode is not None and mode != numerics.current().requested:
         # the suite asks for other numerics than this process has: run it in a child of that
-        # mode, which keeps its own dense cache across the cases it runs
+        # mode (its folds one after the other), which keeps its own dense cache across cases
         return numerics.run_in(mode, _run_in_child, suite, case, keep_models, budget)
     with _util.time_budget(budget):
-        return _run_case(suite, case, keep_models, cache if cache is not None else DenseCache())
+        return _run_case(
+            suite,
+            case,
+            keep_models,
+            cache if cache is not None else DenseCache(),
+            executor or SerialExecutor(),
+            budget,
+        )
 
 
 def _checkpoint_digest(suite: SuiteSpec) -> str:
@@ -568,38 +670,239 @@ def _run_in_child(
     suite: SuiteSpec, case: CaseSpec, keep_models: bool, budget: float | None
 ) -> CaseResult:
     with _util.time_budget(budget):
-        return _run_case(suite, case, keep_models, _child_cache())
+        return _run_case(suite, case, keep_models, _child_cache(), SerialExecutor(), budget)
 
 
-def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool, cache: DenseCache) -> CaseResult:
-    from harness.provenance import environment
+@dataclass(frozen=True, eq=False)
+class _Prepared:
+    """A suite's data as its folds see it: the dataset, the fixed test split, the folds."""
 
-    start = time.perf_counter()
+    ds: Dataset
+    test: TestSplit | None
+    folds: list[Fold]
+
+
+_PREPARED: dict[str, _Prepared] = {}
+_PREPARED_KEEP = 2  # datasets kept per process (the cases of a suite run one after another)
+
+
+def _data_key(suite: SuiteSpec) -> str:
+    import json
+
+    return json.dumps(
+        [
+            suite.dataset,
+            suite.dataset_args,
+            str(suite.base_dir),
+            suite.test,
+            suite.split_seed,
+            suite.folds,
+            suite.cv_seed,
+            suite.repeats,
+            suite.standardize,
+        ],
+        sort_keys=True,
+        default=str,
+    )
+
+
+def _prepared(suite: SuiteSpec, digest: str | None = None) -> _Prepared:
+    """The suite's dataset, test split and folds. ``digest`` None (the controller, once per
+    case): loaded afresh, so a file that changed between cases is read again. Else (a fold
+    job): the data loaded last in this process if its digest is ``digest``, else loaded afresh
+    (the most recent :data:`_PREPARED_KEEP` suites' data are kept)."""
+    key = _data_key(suite)
+    hit = _PREPARED.pop(key, None)
+    if hit is not None and digest is not None and hit.ds.digest == digest:
+        _PREPARED[key] = hit
+        return hit
     ds = load_dataset(suite.dataset, suite.dataset_args, suite.base_dir)
     test: TestSplit | None = None
     if suite.test is not None:
         ds, test = split_test(
-            ds,
-            suite.test,
-            seed=suite.split_seed,
-            base=suite.base_dir,
-            args=suite.dataset_args,
+            ds, suite.test, seed=suite.split_seed, base=suite.base_dir, args=suite.dataset_args
         )
-    folds: list[FoldResult] = []
     with _torch_settings(suite.threads):
-        splits = make_folds(
+        folds = make_folds(
             ds,
             suite.folds,
             seed=suite.cv_seed,
             repeats=suite.repeats,
             standardize=suite.standardize,
         )
-        for fold in splits:
-            _util.check_budget(f"before fold {fold.index + 1} of {suite.folds * suite.repeats}")
+    _PREPARED[key] = prepared = _Prepared(ds, test, folds)
+    while len(_PREPARED) > _PREPARED_KEEP:
+        del _PREPARED[next(iter(_PREPARED))]
+    return prepared
+
+
+# the dense cache of the case running in this thread: the session's, for the serial executor
+_SESSION_CACHE: contextvars.ContextVar[DenseCache | None] = contextvars.ContextVar(
+    "harness_session_cache", default=None
+)
+
+
+@functools.cache
+def _worker_cache(root: str | None, max_bytes: int, results: bool) -> DenseCache:
+    """The dense cache of a worker process (a process-pool child, a Ray worker): on the
+    controller's disk cache, when it has one."""
+    disk = DiskCache(root, max_bytes) if root is not None else None
+    return DenseCache(disk=disk, results=results)
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """One fold of one case: what an executor sends to a worker (it pickles). The worker loads
+    the suite's data itself and checks that it is the controller's (``digest``)."""
+
+    suite: SuiteSpec  # resolved, with the case's model
+    case: CaseSpec
+    fold: int
+    n_folds: int
+    digest: str
+    keep_model: bool = False
+    deadline: float | None = None  # wall-clock time (time.time()) the case's budget ends
+    budget: float | None = None  # the budget's length in seconds, for its message
+    cache_dir: str | None = None  # the controller's disk cache (None: none)
+    cache_bytes: int = 0
+    cache_results: bool = False
+
+
+def fold_job(job: FoldJob) -> FoldResult:
+    """Run one fold where an executor put it; the result carries no module (only the pruned
+    ``state_dict`` when ``keep_model``), so it pickles whatever the model holds."""
+    left = None if job.deadline is None else job.deadline - time.time()
+    with _util.time_budget(left, total=job.budget):
+        _util.check_budget(f"before fold {job.fold + 1} of {job.n_folds}")
+        prepared = _prepared(job.suite, job.digest)
+        if prepared.ds.digest != job.digest:
+            raise CaseError(
+                f"fold {job.fold}: this worker reads other data for {job.suite.dataset} (digest "
+                f"{prepared.ds.digest[:12]}, the controller's is {job.digest[:12]}); every "
+                "worker must see the same files"
+            )
+        cache = _SESSION_CACHE.get() or _worker_cache(
+            job.cache_dir, job.cache_bytes, job.cache_results
+        )
+        if cache.results and cache.disk is not None:
+            key = _fold_key(job, prepared.ds, prepared.folds[job.fold])
+            if (stored := cache.disk.get("fold", key)) is not None:
+                hit = _fold_from_entry(stored)
+                if hit.pruned_state is not None or not job.keep_model:
+                    return hit if job.keep_model else dataclasses.replace(hit, pruned_state=None)
+        with _torch_settings(job.suite.threads):
             try:
-                folds.append(run_fold(suite, case, ds, fold, cache=cache, test=test))
+                result = run_fold(
+                    job.suite,
+                    job.case,
+                    prepared.ds,
+                    prepared.folds[job.fold],
+                    cache=cache,
+                    test=prepared.test,
+                )
             except TrainingError as err:  # fine-tuning, or training inside a pruning method
-                raise CaseError(f"fold {fold.index}: pruned model's {err}") from None
+                raise CaseError(f"fold {job.fold}: pruned model's {err}") from None
+    assert result.pruned is not None
+    state = (
+        {k: v.detach().cpu() for k, v in result.pruned.state_dict().items()}
+        if job.keep_model
+        else None
+    )
+    result = dataclasses.replace(result, pruned=None, pruned_state=state)
+    if cache.results and cache.disk is not None:
+        cache.disk.put("fold", key, *_fold_to_entry(result))
+    return result
+
+
+def _fold_key(job: FoldJob, ds: Dataset, fold: Fold) -> dict[str, str]:
+    """Everything one fold's results depend on: its dense model's key, the case's spec, the
+    harness's code and the hardware (latency is measured, so the same CPU and threads)."""
+    import json
+
+    from harness.provenance import environment
+
+    hardware = environment(job.suite.threads, device=devices.name(_device(job.suite)))["hardware"]
+    return {
+        **_disk_key(DenseCache.key(job.suite, ds, fold)),
+        "spec": job.suite.spec_hash(job.case),
+        "hardware": json.dumps(hardware, sort_keys=True),
+    }
+
+
+_FOLD_ARRAYS = ("val_idx", "dense_pred", "pruned_pred", "confusion_dense", "confusion_pruned")
+
+
+def _fold_to_entry(f: FoldResult) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {n: torch.from_numpy(np.ascontiguousarray(getattr(f, n))) for n in _FOLD_ARRAYS}
+    tensors.update({f"test/{m}": torch.from_numpy(p) for m, p in f.test_pred.items()})
+    tensors.update({f"pruned/{k}": v for k, v in (f.pruned_state or {}).items()})
+    meta = {
+        "metrics": f.metrics,
+        "layer_sparsity": f.layer_sparsity,
+        "findings": f.findings,
+        "has_state": f.pruned_state is not None,
+    }
+    return tensors, meta
+
+
+def _fold_from_entry(entry: Entry) -> FoldResult:
+    t, meta = entry.tensors, entry.meta
+    state = {k.removeprefix("pruned/"): v for k, v in t.items() if k.startswith("pruned/")}
+    tests = {k.removeprefix("test/"): v.numpy() for k, v in t.items() if k.startswith("test/")}
+    return FoldResult(
+        {k: float(v) for k, v in meta["metrics"].items()},
+        val_idx=t["val_idx"].numpy(),
+        dense_pred=t["dense_pred"].numpy(),
+        pruned_pred=t["pruned_pred"].numpy(),
+        confusion_dense=t["confusion_dense"].numpy(),
+        confusion_pruned=t["confusion_pruned"].numpy(),
+        layer_sparsity={k: float(v) for k, v in meta["layer_sparsity"].items()},
+        pruned=None,
+        findings=list(meta["findings"]),
+        test_pred=tests,
+        pruned_state=state if meta["has_state"] else None,
+    )
+
+
+def _run_case(
+    suite: SuiteSpec,
+    case: CaseSpec,
+    keep_models: bool,
+    cache: DenseCache,
+    executor: Executor,
+    budget: float | None = None,
+) -> CaseResult:
+    from harness.provenance import environment
+
+    start = time.perf_counter()
+    deadline = None if budget is None else time.time() + budget  # the workers' clock
+    prepared = _prepared(suite)
+    ds, test = prepared.ds, prepared.test
+    n_folds = len(prepared.folds)
+    disk = cache.disk
+    jobs = [
+        FoldJob(
+            suite,
+            case,
+            i,
+            n_folds,
+            ds.digest,
+            keep_models,
+            deadline,
+            budget,
+            cache_dir=str(disk.root) if disk is not None else None,
+            cache_bytes=disk.max_bytes if disk is not None else 0,
+            cache_results=cache.results,
+        )
+        for i in range(n_folds)
+    ]
+    device = _device(suite)
+    resources = Resources(cpus=suite.threads, gpus=1.0 if device.startswith("cuda") else 0.0)
+    token = _SESSION_CACHE.set(cache)
+    try:
+        folds = executor.map(fold_job, jobs, resources=resources, label=lambda i: f"fold {i}")
+    finally:
+        _SESSION_CACHE.reset(token)
     per_fold = [f.metrics for f in folds]
     summary = {n: MetricSummary.of([f[n] for f in per_fold]) for n in sorted(per_fold[0])}
     if test is not None:  # bootstrap CIs over the test split's samples
@@ -661,9 +964,5 @@ def _run_case(suite: SuiteSpec, case: CaseSpec, keep_models: bool, cache: DenseC
             if numerics.latency_needs_native_process()
             else f"this process ({numerics.current().mode})",
         },
-        pruned_states=tuple(
-            {k: v.detach().cpu() for k, v in f.pruned.state_dict().items()} for f in folds
-        )
-        if keep_models
-        else (),
+        pruned_states=tuple(f.pruned_state for f in folds if f.pruned_state is not None),
     )

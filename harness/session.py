@@ -17,9 +17,21 @@ from harness.spec import CaseSpec, SuiteSpec
 from harness.tracking import ARTIFACTS, Tracker
 
 if TYPE_CHECKING:
+    from harness.executors import Executor
     from harness.runner import DenseCache
 
-__all__ = ["Outcome", "Recorder", "Settings", "check_case", "flat_params", "open_recorder"]
+__all__ = [
+    "Executors",
+    "Outcome",
+    "Recorder",
+    "Settings",
+    "check_case",
+    "flat_params",
+    "open_recorder",
+]
+
+
+CACHE_DIR = Path(".harness") / "cache"  # harness.cache.DEFAULT_DIR (the core imports no torch)
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,11 @@ class Settings:
     log_models: bool = False
     time_budget: float | None = None  # seconds per case; the tighter of it and the suite's
     device: str | None = None  # overrides every suite's device ("cpu", "cuda", "auto", ...)
+    executor: str | None = None  # overrides every suite's executor ("serial", "process", "ray")
+    workers: int | None = None  # size of the process executor's pool (default: the free cores)
+    ray_address: str | None = None  # the Ray cluster to join (default: $RAY_ADDRESS, else local)
+    cache_dir: Path | None = None  # the disk cache of dense models (harness.cache); None: off
+    cache_results: bool = False  # also reuse whole fold results from it (opt-in)
 
     @classmethod
     def build(
@@ -50,9 +67,15 @@ class Settings:
         log_models: bool = False,
         time_budget: float | None = None,
         device: str | None = None,
+        executor: str | None = None,
+        workers: int | None = None,
+        ray_address: str | None = None,
+        cache_dir: Path | None = CACHE_DIR,
+        cache_results: bool = False,
     ) -> Settings:
         """Settings with paths resolved against ``root``. Case files go to the report directory,
-        else (for MLflow to pick up) to ``.harness/artifacts`` when tracking is on."""
+        else (for MLflow to pick up) to ``.harness/artifacts`` when tracking is on. The disk
+        cache is ``.harness/cache`` unless ``cache_dir`` says otherwise (None: no disk cache)."""
         report = (root / report_dir).resolve() if report_dir else None
         artifacts = report or ((root / ARTIFACTS).resolve() if tracked else None)
         return cls(
@@ -63,7 +86,50 @@ class Settings:
             log_models=log_models,
             time_budget=time_budget,
             device=device,
+            executor=executor,
+            workers=workers,
+            ray_address=ray_address,
+            cache_dir=(root / cache_dir).resolve() if cache_dir is not None else None,
+            cache_results=cache_results and cache_dir is not None,
         )
+
+    def dense_cache(self) -> DenseCache:
+        """A session's dense cache: in memory, on the disk cache when there is one."""
+        from harness.cache import DiskCache
+        from harness.runner import DenseCache
+
+        disk = DiskCache(self.cache_dir) if self.cache_dir is not None else None
+        return DenseCache(disk=disk, results=self.cache_results)
+
+
+class Executors:
+    """A session's executors (:mod:`harness.executors`), created by name when a suite first
+    needs one and closed with :meth:`close`: the session's choice (``Settings.executor``), else
+    the suite's ``executor``, else serial."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._made: dict[str, Executor] = {}
+
+    def for_suite(self, suite: SuiteSpec) -> Executor:
+        from harness.executors import create
+
+        name = self.settings.executor or suite.executor or "serial"
+        if name not in self._made:
+            chosen = self.settings.executor is not None
+            where = "--harness-executor" if chosen else f"{suite.source}: suite.executor"
+            self._made[name] = create(
+                name,
+                workers=self.settings.workers,
+                address=self.settings.ray_address,
+                where=where,
+            )
+        return self._made[name]
+
+    def close(self) -> None:
+        while self._made:
+            _, executor = self._made.popitem()
+            executor.close()
 
 
 def flat_params(suite: SuiteSpec, case: CaseSpec) -> dict[str, str]:
@@ -104,11 +170,17 @@ def flat_params(suite: SuiteSpec, case: CaseSpec) -> dict[str, str]:
 
 
 def check_case(
-    suite: SuiteSpec, case: CaseSpec, settings: Settings, *, cache: DenseCache | None = None
+    suite: SuiteSpec,
+    case: CaseSpec,
+    settings: Settings,
+    *,
+    cache: DenseCache | None = None,
+    executor: Executor | None = None,
 ) -> Outcome:
     """Run a case, compare it with its baseline (or rewrite it with ``settings.regen``), gate it,
     and write its report files when ``settings.artifacts_dir`` is set. Dense models come from
-    ``cache`` (the session's :class:`harness.runner.DenseCache`). The verdict names no command:
+    ``cache`` (the session's :class:`harness.runner.DenseCache`); ``executor`` runs the folds
+    (the session's :class:`Executors` picks it; None: serial). The verdict names no command:
     each face renders ``Verdict.remedy`` with its own (``Verdict.lines(command)``).
 
     Raises
@@ -135,6 +207,7 @@ def check_case(
         keep_models=settings.log_models,
         time_budget=settings.time_budget,
         device=settings.device,
+        executor=executor,
     )
     written = obtained = None
     warnings: list[str] = []

@@ -151,6 +151,18 @@ def _device(value: str) -> str | None:
     return device_problem(value)
 
 
+EXECUTORS = ("serial", "process", "ray")  # harness.executors implements them
+
+
+def executor_problem(value: str) -> str | None:
+    """The problem with an executor name, or None."""
+    return None if value in EXECUTORS else 'must be "serial", "process" or "ray"'
+
+
+def _executor(value: str) -> str | None:
+    return executor_problem(value)
+
+
 def _test_split(value: str | float) -> str | None:
     if isinstance(value, str):
         return None if value.strip() else "must be a dataset reference or a fraction in (0, 1)"
@@ -365,6 +377,9 @@ class SuiteSpec:
     time_budget: float | None = option(None, check=_budget)  # seconds per case (not hashed)
     # where models train and run (not hashed: the hardware fingerprint records the device)
     device: str = option("cpu", check=_device)
+    # where the folds run: serial, process or ray (not hashed: the results are the same);
+    # None: the session's (--harness-executor), else serial
+    executor: str | None = option(None, check=_executor)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -554,6 +569,7 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
         "numerics": suite.take_field(SuiteSpec, "numerics"),
         "time_budget": suite.take_field(SuiteSpec, "time_budget"),
         "device": suite.take_field(SuiteSpec, "device"),
+        "executor": suite.take_field(SuiteSpec, "executor"),
     }
     suite.done()
     cv = top.sub("cv")

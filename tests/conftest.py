@@ -6,6 +6,12 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: timings on shared CI runners are noise (a deadline would fail a
+# correct test on a busy machine, never find a bug)
+settings.register_profile("harness", deadline=None)
+settings.load_profile("harness")
 
 TINY_SUITE = """\
 [suite]

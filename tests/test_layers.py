@@ -26,6 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "harness.spec",
         "harness.results",
         "harness.provenance",
+        "harness.shard",
     ),
     "ml parts": (
         "harness._child",
@@ -47,12 +48,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "harness.deploy",
         "harness.checks",
         "harness.stats",
+        "harness.cache",
     ),
     "resolution": ("harness.resolution",),
-    "running": ("harness.runner",),
+    "running": ("harness.runner", "harness.executors", "harness.executors.*"),
     "judging": ("harness.baseline", "harness.gate"),
     "output": ("harness.tracking", "harness.report"),
-    "session": ("harness.session",),
+    "session": ("harness.session", "harness.base"),
     "faces": ("harness.plugin", "harness.cli"),
 }
 ML_STACK = ("torch", "torch_pruning", "captum", "sklearn", "scipy", "numpy", "mlflow", "pytest")
