@@ -94,6 +94,7 @@ SPANS = (
     ("properties", "harness.checks", "property_checks"),
     ("differential", "harness.checks", "differential_check"),
 )
+MISSING_SPANS: set[str] = set()  # SPANS the harness no longer has (their time counts as other)
 Log = Callable[[str], None]
 READING = (
     "- *harness extra over loop* splits the harness's extra time, in % of the loop's: "
@@ -244,8 +245,8 @@ class Report:
             "## Reproduce",
             "",
             "```",
-            "nox -s bench -- --out docs/scale.md      # the full run (~15 min on 2 cores)",
-            "nox -s bench -- --quick                  # a smoke run (~4 min)",
+            "nox -s bench -- --out docs/scale.md      # the full run (~13 min on 2 idle cores)",
+            "nox -s bench -- --quick                  # a smoke run (~5 min)",
             "```",
             "",
         ]
@@ -400,15 +401,17 @@ def _timed(fn: Callable[..., Any], label: str, seen: dict[str, float]) -> Callab
 def _spans() -> Iterator[dict[str, float]]:
     """Seconds spent in the :data:`SPANS` functions (in this process) while the block runs;
     they are patched for the block and restored after it. A name the harness no longer has is
-    left out."""
+    left out, and listed in :data:`MISSING_SPANS` (the report says so)."""
     seen: dict[str, float] = {}
     undo = []
     for label, module_name, name in SPANS:
         module = importlib.import_module(module_name)
         original = getattr(module, name, None)
-        if original is not None:
-            setattr(module, name, _timed(original, label, seen))
-            undo.append((module, name, original))
+        if original is None:
+            MISSING_SPANS.add(f"{module_name}.{name}")
+            continue
+        setattr(module, name, _timed(original, label, seen))
+        undo.append((module, name, original))
     try:
         yield seen
     finally:
@@ -989,6 +992,11 @@ def main() -> None:
             f"1-minute load average at each step: {min(loads):.1f} to {max(loads):.1f} on "
             f"{cores} cores (this run's own processes count about 1, 2 under -n 2 and the "
             f"executors); the whole run took {elapsed / 60:.1f} min"
+        )
+    if MISSING_SPANS:
+        report.notes.append(
+            f"not recorded (no longer in the harness; their time counts as other): "
+            f"{', '.join(sorted(MISSING_SPANS))}: update SPANS in benchmarks/bench_gate.py"
         )
     if loads and max(loads) > cores + 1:
         report.notes.append(
