@@ -8,6 +8,7 @@ import contextvars
 import copy
 import dataclasses
 import functools
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -209,13 +210,33 @@ def _torch_settings(threads: int) -> Iterator[None]:
     """Fixed thread count and deterministic kernels for the duration of a case."""
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _deterministic(True, warn_only=True)
     try:
         yield
     finally:
         torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
+        _deterministic(old_det, warn_only=old_warn)
+
+
+def _deterministic(mode: bool, *, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode, warn_only=...)`` without its first-call cost.
+
+    torch's function also sets Inductor's ``deterministic`` flag, importing
+    ``torch._inductor.config`` to do so: 1-4 s on the first call of every process (each xdist
+    and executor worker), for a compiler the harness never runs. The eager kernels' flag is set
+    here directly; Inductor's only when the user's code has already imported it (a model that
+    calls ``torch.compile``), as torch would.
+    """
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # not in this torch: the public call
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+        return
+    setter(mode, warn_only=warn_only)
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = mode  # type: ignore[attr-defined]
 
 
 class CaseError(HarnessError):
@@ -817,16 +838,22 @@ def fold_job(job: FoldJob) -> FoldResult:
 def _fold_key(job: FoldJob, ds: Dataset, fold: Fold) -> dict[str, str]:
     """Everything one fold's results depend on: its dense model's key, the case's spec, the
     harness's code and the hardware (latency is measured, so the same CPU and threads)."""
+    return {
+        **_disk_key(DenseCache.key(job.suite, ds, fold)),
+        "spec": job.suite.spec_hash(job.case),
+        "hardware": _hardware_json(job.suite.threads, devices.name(_device(job.suite))),
+    }
+
+
+@functools.cache
+def _hardware_json(threads: int, device: str) -> str:
+    """The hardware fingerprint of :func:`harness.provenance.environment`, once per process
+    (it reads the CPU and package metadata; the machine does not change under a session)."""
     import json
 
     from harness.provenance import environment
 
-    hardware = environment(job.suite.threads, device=devices.name(_device(job.suite)))["hardware"]
-    return {
-        **_disk_key(DenseCache.key(job.suite, ds, fold)),
-        "spec": job.suite.spec_hash(job.case),
-        "hardware": json.dumps(hardware, sort_keys=True),
-    }
+    return json.dumps(environment(threads, device=device)["hardware"], sort_keys=True)
 
 
 _FOLD_ARRAYS = ("val_idx", "dense_pred", "pruned_pred", "confusion_dense", "confusion_pruned")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -57,7 +58,7 @@ Scheduler = Literal["constant", "cosine", "step", "onecycle", "plateau"]
 Schedule = Literal["oneshot", "iterative", "agp"]
 Scope = Literal["global", "layer"]
 Policy = Literal["threshold", "significant", "non_inferior"]
-Deploy = Literal["csr"]
+Deploy = Literal["csr", "onnx", "int8", "2:4"]
 Numerics = Literal["portable", "native"]
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
@@ -173,6 +174,32 @@ def _dataset_ref(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+def _pattern(value: str) -> str | None:
+    """``"N:M"``: keep ``N`` of every ``M`` consecutive input weights (``0 < N < M <= 64``)."""
+    parsed = nm_pattern(value)
+    return None if parsed is not None else 'must be "N:M" with integers 0 < N < M <= 64 ("2:4")'
+
+
+def nm_pattern(value: str | None) -> tuple[int, int] | None:
+    """``(N, M)`` of an ``"N:M"`` pattern string; None for None or anything malformed."""
+    if value is None:
+        return None
+    parts = value.strip().split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        return None
+    n, m = int(parts[0]), int(parts[1])
+    return (n, m) if 0 < n < m <= 64 else None
+
+
+def _prune_table(prune: PruneSpec) -> dict[str, Any]:
+    """``prune`` as a plain table for hashing: keys added later only when set, so the hashes of
+    cases written before them (and their baselines) stay what they were."""
+    table = asdict(prune)
+    if table["pattern"] is None:
+        del table["pattern"]
+    return table
+
+
 def _finite_tree(value: Mapping[str, Any]) -> str | None:
     found = _non_finite(dict(value), "")
     return None if found is None else f"{found[0].lstrip('.')} = {found[1]!r}: must be finite"
@@ -252,13 +279,27 @@ class PruneSpec:
     schedule: Schedule = "oneshot"
     steps: int = option(1, check=_count("prune.steps"))
     args: Mapping[str, Any] = option(default_factory=dict, check=_finite_tree)
+    # "N:M" semi-structured sparsity: N of every M consecutive input weights kept (None: any)
+    pattern: str | None = option(None, check=_pattern)
 
     def __post_init__(self) -> None:
         validate(self)
 
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """``(N, M)`` of :attr:`pattern`, or None (unstructured / structured as the method is)."""
+        return nm_pattern(self.pattern)
+
     def problems(self) -> Iterator[tuple[str, Any, str]]:
         if self.schedule == "oneshot" and self.steps != 1:
             yield "steps", self.steps, 'must be 1 with schedule = "oneshot"'
+        nm = self.nm
+        if nm is not None and not math.isclose(self.sparsity, 1 - nm[0] / nm[1]):
+            yield (
+                "sparsity",
+                self.sparsity,
+                f"must be 1 - N/M = {1 - nm[0] / nm[1]:g} with pattern = {self.pattern!r}",
+            )
 
 
 @dataclass(frozen=True)
@@ -306,7 +347,9 @@ class CaseSpec:
     gate: tuple[RuleSpec, ...] = ()
     edge: tuple[str, ...] | None = option(None, check=_edge_texts)  # None: the suite's sets
     distill: DistillSpec | None = None  # fine-tune against the dense model's soft targets
-    deploy: Deploy | None = None  # "csr": sparse linear layers as torch sparse CSR
+    # how the pruned model ships: "csr" (torch sparse CSR linear layers), "onnx" (ONNX Runtime),
+    # "int8" (dynamic int8 linear layers), "2:4" (torch semi-structured sparse kernels, CUDA)
+    deploy: Deploy | None = None
     model: str | None = option(None, check=_reference)  # None: the suite's model
     model_args: Mapping[str, Any] | None = None  # None: the suite's model_args
 
@@ -457,7 +500,7 @@ class SuiteSpec:
             {
                 "dense": self.for_case(case).dense_key(),
                 "latency": asdict(self.latency),
-                "prune": _plain(asdict(case.prune)),
+                "prune": _plain(_prune_table(case.prune)),
                 "finetune": asdict(case.finetune) if case.finetune else None,
                 **({"edge": list(self.edge_sets(case))} if self.edge_sets(case) else {}),
                 **({"checks": asdict(self.checks)} if self.checks != ChecksSpec() else {}),

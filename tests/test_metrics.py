@@ -54,7 +54,7 @@ def _sklearn_reference(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # balanced accuracy on classes not in y_true
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(label_arrays())
 def test_classification_metrics_match_sklearn(arrays: tuple[np.ndarray, np.ndarray, int]) -> None:
     y_true, y_pred, n_classes = arrays
@@ -63,7 +63,7 @@ def test_classification_metrics_match_sklearn(arrays: tuple[np.ndarray, np.ndarr
     assert set(got) == set(expected)
     for name, value in expected.items():
         assert isinstance(got[name], float)
-        assert got[name] == pytest.approx(float(value), abs=1e-12), name
+        assert got[name] == float(value), name  # bit for bit: the baselines hold these values
         parse_metric(f"pruned.{name}")  # every produced name is a known metric
 
 

@@ -345,6 +345,8 @@ HASH_CHANGES = {
     "seed": {("suite", "seed"): 1},
     "folds": {("cv", "folds"): 4},
     "latency": {("latency", "repeats"): 5},
+    "prune-pattern": {("case", 0, "prune", "pattern"): "2:4"},
+    "deploy": {("case", 0, "deploy"): "onnx"},
 }
 
 GATE_ONLY_CHANGES = {
@@ -791,6 +793,22 @@ BAD: dict[str, tuple[dict, str, str]] = {
     "no-cases": ({("case",): DELETE}, "case", "<missing>"),
     "empty-case-list": ({("case",): []}, "case", "<missing>"),
     "case-not-a-table": ({("case",): [1, 2]}, "case[0]", "1"),
+    "pattern-not-n-m": (
+        {("case", 0, "prune", "pattern"): "2-4"},
+        "case[mag-50].prune.pattern",
+        "'2-4'",
+    ),
+    "pattern-n-not-below-m": (
+        {("case", 0, "prune", "pattern"): "4:4"},
+        "case[mag-50].prune.pattern",
+        "'4:4'",
+    ),
+    "pattern-sparsity-mismatch": (
+        {("case", 0, "prune", "pattern"): "2:8"},
+        "case[mag-50].prune.sparsity",
+        "0.5",
+    ),
+    "deploy-unknown": ({("case", 0, "deploy"): "tflite"}, "case[mag-50].deploy", "'tflite'"),
 }
 
 
@@ -1544,7 +1562,9 @@ def _old_spec_hash(suite: SuiteSpec) -> str:
         {
             "dense": dense,
             "latency": dataclasses.asdict(suite.latency),
-            "prune": dataclasses.asdict(case.prune),
+            "prune": {  # the table as it was before `pattern`
+                k: v for k, v in dataclasses.asdict(case.prune).items() if k != "pattern"
+            },
             "finetune": dataclasses.asdict(case.finetune) if case.finetune else None,
         }
     )
@@ -1673,3 +1693,13 @@ def test_epochs_zero_means_the_model_as_it_is_and_dense_keys_are_set_only_when_u
     with pytest.raises(SpecError) as info:
         suite_from_dict(_with({("dense", "checkpoint"): "d.pt", ("dense", "strict"): 1}))
     assert (info.value.key, info.value.problem) == ("dense.strict", "unknown key")
+
+
+def test_pattern_parses_to_n_and_m_and_needs_its_sparsity() -> None:
+    suite = suite_from_dict(_with({("case", 0, "prune", "pattern"): " 2:4 "}))
+    assert suite.cases[0].prune.nm == (2, 4)
+    assert suite.cases[1].prune.nm is None  # no pattern: unstructured / structured as before
+    eighths = _with(
+        {("case", 0, "prune", "pattern"): "1:8", ("case", 0, "prune", "sparsity"): 0.875}
+    )
+    assert suite_from_dict(eighths).cases[0].prune.nm == (1, 8)

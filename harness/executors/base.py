@@ -164,7 +164,8 @@ class ProcessExecutor:
     def _run(self, fn: Callable[[J], R], job: J, cpus: int, what: str) -> R:
         from harness import numerics
 
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             child = self._child(cpus)
             try:
                 result = child.call(fn, job)
@@ -173,9 +174,10 @@ class ProcessExecutor:
                 with self._lock:
                     self._all.remove(child)
                     self.restarts += 1
-                if attempt == self.retries:
+                attempt += 1
+                if attempt > self.retries:
                     raise WorkerLost(
-                        f"{what}: its worker process died {attempt + 1} times ({err}); the "
+                        f"{what}: its worker process died {attempt} times ({err}); the "
                         "results of the other jobs are kept"
                     ) from None
                 continue
@@ -184,7 +186,6 @@ class ProcessExecutor:
                 raise
             self._release(cpus, child)
             return result
-        raise AssertionError("unreachable")
 
     def map(
         self,
