@@ -2,20 +2,30 @@
 
     python benchmarks/results.py [--docs DIR] [--folds K] [--only NAME ...] [--bench NAME ...]
 
-Two benches, each on its reference suite's dataset, model and dense training with 5-fold
+``--bench`` alone reruns those benches and keeps the others' rows from DIR/results.json (each
+bench's rows, and its same-run speedups, come from one run).
+
+Four benches, each on its reference suite's dataset, model and dense training with 5-fold
 cross-validation, edge sets and checks off (they do not change the quality figures):
 
 - ``digits``: the digits MLP (suites/digits_mlp.toml), every registered technique at three
   sparsities, the same fine-tuning for every technique that fine-tunes (10 epochs, lr 3e-3,
   cosine), plus uniform magnitude served as sparse CSR (``deploy = "csr"``).
+- ``oneshot``: the digits MLP again, magnitude, OBS, Wanda and SparseGPT one-shot (no
+  fine-tuning) at 50 % unstructured and at 2:4, then 2:4 fine-tuned (5 epochs), and magnitude
+  50 % deployed in ONNX Runtime and as int8, the comparison of the LLM pruning papers.
+- ``tokens``: the same comparison on the token transformer (suites/tokens_transformer.toml,
+  its linear layers; the classifier head stays dense), without the deployment rows.
 - ``mnist1d``: the MNIST-1D CNN (suites/mnist1d_cnn.toml), every structured technique at three
   fractions of channels, fine-tuned as in that suite.
 
 Writes DIR/results.json (every row, the raw figures; ``--plot-only`` re-renders the table and plot
 from it), DIR/results.md (technique x sparsity -> macro-F1 mean +- std over folds, parameters
-removed, non-zero parameters, FLOPs, latency, speedup at batch 1 and 256, estimated energy) and
-DIR/results.png (macro-F1 against the fraction of parameters removed, one panel per bench).
-Speedups are same-run ratios; latencies are of the machine that ran this.
+removed, non-zero parameters, FLOPs, latency, speedup at batch 1 and 256, estimated energy, and
+which Pareto fronts the row is on: macro-F1 up against measured latency down, and against
+estimated energy down, per bench, harness.fronts) and DIR/results.png (macro-F1 against the
+fraction of parameters removed, one panel per bench, then macro-F1 against estimated energy with
+its front). Speedups are same-run ratios; latencies are of the machine that ran this.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.fronts import pareto_front
 from harness.results import CaseResult
 from harness.runner import DenseCache, run_case
 from harness.spec import suite_from_dict
@@ -63,6 +74,44 @@ STRUCTURED_TECHNIQUES = (
     Technique("energy-aware", "energy-aware", structured=True),
     Technique("group lasso", "group-lasso", structured=True),
 )
+
+
+def _oneshot(ignore: tuple[str, ...] = (), deploy: bool = True) -> tuple[Technique, ...]:
+    """Magnitude, OBS, Wanda and SparseGPT as the LLM pruning papers compare them: one shot, no
+    fine-tuning, at 50 % unstructured and at 2:4; then 2:4 fine-tuned, and the deployment
+    runtimes (ONNX Runtime, int8) of magnitude 50 %."""
+    args = {"args": {"ignore": list(ignore)}} if ignore else {}
+    nm = {"pattern": "2:4", **args}
+    rows = [
+        Technique("magnitude (global)", "magnitude", prune=args, finetune=False),
+        Technique(
+            "magnitude (per layer)", "magnitude", prune={"scope": "layer", **args}, finetune=False
+        ),
+        Technique("obs (layer-wise)", "obs", prune=args, finetune=False),
+        Technique("wanda", "wanda", prune=args, finetune=False),
+        Technique("sparsegpt", "sparsegpt", prune=args, finetune=False),
+        Technique("magnitude 2:4", "magnitude", prune=nm, finetune=False),
+        Technique("wanda 2:4", "wanda", prune=nm, finetune=False),
+        Technique("sparsegpt 2:4", "sparsegpt", prune=nm, finetune=False),
+        Technique("magnitude 2:4 + fine-tune", "magnitude", prune=nm),
+        Technique("wanda 2:4 + fine-tune", "wanda", prune=nm),
+        Technique("sparsegpt 2:4 + fine-tune", "sparsegpt", prune=nm),
+    ]
+    if deploy:
+        rows += [
+            Technique(
+                "magnitude, ONNX Runtime",
+                "magnitude",
+                prune=args,
+                case={"deploy": "onnx"},
+                finetune=False,
+            ),
+            Technique(
+                "magnitude, int8", "magnitude", prune=args, case={"deploy": "int8"}, finetune=False
+            ),
+        ]
+    return tuple(rows)
+
 
 BENCHES = (
     Bench(
@@ -105,6 +154,24 @@ BENCHES = (
             Technique("student (distilled)", "student", structured=True, finetune=False),
         ),
         student={0.3: 0.5, 0.5: 0.75, 0.6: 0.84},
+    ),
+    Bench(
+        "oneshot",
+        "Digits MLP, one-shot at 50 % and 2:4 (fine-tuned only where marked)",
+        Path("suites/digits_mlp.toml"),
+        {"epochs": 5, "lr": 1e-3, "scheduler": "cosine"},
+        (0.5,),
+        (),
+        _oneshot(),
+    ),
+    Bench(
+        "tokens",
+        "Token transformer (2 blocks, d 32), one-shot at 50 % and 2:4, head dense",
+        Path("suites/tokens_transformer.toml"),
+        {"epochs": 4, "lr": 2e-3},
+        (0.5,),
+        (),
+        _oneshot(ignore=("head",), deploy=False),
     ),
     Bench(
         "mnist1d",
@@ -152,11 +219,30 @@ def _row(t: Technique, sparsity: float, r: CaseResult) -> dict[str, Any]:
         "params": m["pruned.nonzero_params"].mean,
         "flops": m["pruned.flops_nonzero"].mean,
         "latency_ms": m["pruned.latency_ms_p50"].mean,
+        "latency_batch_ms": m["pruned.latency_batch_ms_p50"].mean,
         "speedup": m["speedup"].mean,
         "speedup_batch": m["speedup_batch"].mean,
         "energy_nj": m["pruned.energy_nj"].mean,
         "dense_energy_nj": m["dense.energy_nj"].mean,
         "seconds": r.seconds,
+    }
+
+
+def _latency_key(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """The latency a bench's front is drawn on: at batch 256 where every row has it (compute
+    dominates there, as it does for FLOPs), else at batch 1 (rows of an older results.json)."""
+    if rows and all("latency_batch_ms" in r for r in rows):
+        return "latency_batch_ms", "latency p50 at batch 256"
+    return "latency_ms", "latency p50 at batch 1"
+
+
+def fronts(rows: list[dict[str, Any]]) -> dict[str, set[int]]:
+    """Per front (``latency``, ``energy``), the indices of the rows on it: the rows whose
+    (macro-F1, cost) no other row beats on both (harness.fronts.pareto_front)."""
+    latency, _ = _latency_key(rows)
+    return {
+        name: set(pareto_front([(r["f1"], r[key]) for r in rows]))
+        for name, key in (("latency", latency), ("energy", "energy_nj"))
     }
 
 
@@ -168,29 +254,38 @@ def _markdown(sections: list[tuple[Bench, list[dict[str, Any]]]], folds: int) ->
         "models for every technique of a bench). Sparsity: fraction of weights (unstructured), "
         "of neurons / channels (structured) or, for the student, of parameters. Speedup: dense "
         "over pruned latency p50 measured in the same run, at batch 1 and 256. Energy: the "
-        "analytic estimate of one inference (`harness.energy`, 45 nm table).",
+        "analytic estimate of one inference (`harness.energy`, 45 nm table). Front: the row is "
+        "on the bench's Pareto front of macro-F1 (mean, higher is better) against measured "
+        "latency, or against estimated energy (lower is better): no other row of the bench has "
+        "both a macro-F1 at least as high and a cost at most as low, one of them strictly "
+        "(`harness.fronts`). The latency front is of the machine that ran this.",
     ]
     for bench, rows in sections:
         if not rows:
             continue
         r0 = rows[0]
+        on = fronts(rows)
+        _, latency = _latency_key(rows)
         lines += [
             "",
             f"## {bench.title}",
             "",
-            f"Dense: macro-F1 {r0['dense_f1']:.4f}, est. energy {r0['dense_energy_nj']:,.0f} nJ.",
+            f"Dense: macro-F1 {r0['dense_f1']:.4f}, est. energy {r0['dense_energy_nj']:,.0f} nJ. "
+            f"On the fronts: {len(on['latency'])} row(s) against {latency}, "
+            f"{len(on['energy'])} against estimated energy.",
             "",
             "| technique | sparsity | macro-F1 (mean ± std) | params removed | non-zero params "
             "| FLOPs (non-zero) | latency p50 (ms) | speedup b1 | speedup b256 "
-            "| est. energy (nJ) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| est. energy (nJ) | front |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
-        for r in rows:
+        for i, r in enumerate(rows):
+            front = ", ".join(name for name in ("latency", "energy") if i in on[name])
             lines.append(
                 f"| {r['technique']} | {r['sparsity']:.2f} | {r['f1']:.4f} ± {r['f1_std']:.4f} "
                 f"| {r['removed']:.1%} | {r['params']:,.0f} | {r['flops']:,.0f} "
                 f"| {r['latency_ms']:.4f} | {r['speedup']:.2f} | {r['speedup_batch']:.2f} "
-                f"| {r['energy_nj']:,.0f} |"
+                f"| {r['energy_nj']:,.0f} | {front} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -207,10 +302,14 @@ def _plot(sections: list[tuple[Bench, list[dict[str, Any]]]], path: Path) -> Non
     if panels and panels[0][0].name == "digits":
         dense = panels[0][1][0]["dense_f1"]
         panels.insert(1, (panels[0][0], panels[0][1], (dense - 0.04, dense + 0.012)))
-    fig = Figure(figsize=(10, 5.5 * len(panels)))
+    energy = [(b, rows) for b, rows in sections if rows]
+    n = len(panels) + len(energy)
+    fig = Figure(figsize=(10, 5.5 * n))
     palette = colormaps["tab20"]
+    for k, (bench, rows) in enumerate(energy):
+        _energy_panel(fig.add_subplot(n, 1, len(panels) + k + 1), bench, rows)
     for k, (bench, rows, ylim) in enumerate(panels):
-        ax = fig.add_subplot(len(panels), 1, k + 1)
+        ax = fig.add_subplot(n, 1, k + 1)
         labels = list(dict.fromkeys(r["technique"] for r in rows))
         for i, label in enumerate(labels):
             mine = [r for r in rows if r["technique"] == label]
@@ -240,6 +339,30 @@ def _plot(sections: list[tuple[Bench, list[dict[str, Any]]]], path: Path) -> Non
     fig.savefig(path, dpi=100)
 
 
+def _energy_panel(ax: Any, bench: Bench, rows: list[dict[str, Any]]) -> None:
+    """Macro-F1 against estimated energy, every row in grey, the front as a labelled step."""
+    on = sorted(fronts(rows)["energy"], key=lambda i: rows[i]["energy_nj"])
+    ax.scatter([r["energy_nj"] for r in rows], [r["f1"] for r in rows], s=12, color="0.7")
+    xs, ys = [rows[i]["energy_nj"] for i in on], [rows[i]["f1"] for i in on]
+    ax.step(xs, ys, where="post", color="C3", marker="o", label="Pareto front")
+    for i in on:
+        r = rows[i]
+        ax.annotate(
+            f"{r['technique']} {r['sparsity']:.2f}",
+            (r["energy_nj"], r["f1"]),
+            fontsize=6,
+            xytext=(3, -8),
+            textcoords="offset points",
+        )
+    ax.axhline(rows[0]["dense_f1"], color="k", lw=0.8, ls=":", label="dense")
+    ax.set_xscale("log")
+    ax.set_xlabel("estimated energy of one inference (nJ, log scale)")
+    ax.set_ylabel("macro-F1 (mean over folds)")
+    ax.set_title(f"{bench.title}: the front of macro-F1 against estimated energy")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=Path, default=Path("docs"))
@@ -262,10 +385,17 @@ def main() -> None:
         _write(sections, stored["folds"], args.docs)
         return
     sections: list[tuple[Bench, list[dict[str, Any]]]] = []
+    kept: dict[str, list[dict[str, Any]]] = {}
+    if args.bench and not args.only and raw.exists():  # the other benches as stored
+        stored = json.loads(raw.read_text(encoding="utf-8"))
+        if stored["folds"] == args.folds:
+            kept = {n: rows for n, rows in stored["benches"].items() if n not in args.bench}
     start = time.perf_counter()
     cache = DenseCache()  # one dense model per benchmark and fold, for every technique
     for bench in BENCHES:
         if args.bench and bench.name not in args.bench:
+            if bench.name in kept:
+                sections.append((bench, kept[bench.name]))
             continue
         rows: list[dict[str, Any]] = []
         sections.append((bench, rows))

@@ -257,22 +257,28 @@ class DiskCache:
                 )
 
     @contextlib.contextmanager
-    def lock(self, kind: str, key: Mapping[str, str]) -> Iterator[None]:
+    def lock(self, kind: str, key: Mapping[str, str], *, wait: bool = True) -> Iterator[bool]:
         """Hold the lock of one entry (``<root>/.locks/<key digest>.lock``) for the block: the
         processes that would compute the same entry take turns, so the first computes it and
         the others find it. A lock that cannot be taken (an unwritable root; held longer than
-        an hour) is not waited for: the block runs without it."""
+        an hour) is not waited for: the block runs without it.
+
+        Yields True when the block may compute the entry; False only with ``wait=False`` when
+        another process holds the lock now (it is computing the entry: do other work first)."""
         self._path(kind, key)  # checks the kind and key
         path = self.root / ".locks" / f"{key_digest(key)}.lock"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            held = FileLock(path, timeout=_ENTRY_LOCK_TIMEOUT_S)
+            held = FileLock(path, timeout=_ENTRY_LOCK_TIMEOUT_S if wait else 0)
             held.acquire()
-        except (OSError, Timeout):
-            yield
+        except Timeout:
+            yield wait
+            return
+        except OSError:
+            yield True
             return
         try:
-            yield
+            yield True
         finally:
             held.release()
 

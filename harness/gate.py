@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from harness.baseline import Baseline, same_hardware
+from harness.baseline import Baseline, BaselineStore, same_hardware
+from harness.fronts import behind, pareto_front
 from harness.metricnames import Direction, MetricRef, parse, rule_target
 from harness.numerics import reproducible
 from harness.results import CaseResult, Check, Remedy, Status, Verdict, fmt
-from harness.spec import RuleSpec
+from harness.spec import FrontSpec, RuleSpec
 
-__all__ = ["Check", "Rule", "Status", "Verdict", "evaluate"]
+__all__ = [
+    "Check",
+    "Rule",
+    "Status",
+    "Verdict",
+    "evaluate",
+    "front_check",
+    "front_peers",
+    "speedup_vs_flops",
+]
 
 EPS = 1e-12
 # How rules against a baseline from other hardware are judged (quality metrics are then not
@@ -21,6 +32,33 @@ CROSS_HARDWARE_POLICY = "noise_floor"  # harness.stats.noise_floor
 CROSS_HARDWARE_ALPHA = 0.05
 CROSS_HARDWARE_PREFIX = "hardware differs from the baseline's"
 MISSING_IN_BASELINE = "missing in the baseline"  # Check.note of a gated metric the baseline lacks
+FRONT_KEY = "front"  # Check.key of the [gate.front] rule
+
+
+def speedup_vs_flops(speedup: float, flops_pruned: float, flops_dense: float) -> float:
+    """How much of the FLOPs reduction shows up as speed, as the exponent ``e`` of
+    ``speedup = (flops_dense / flops_pruned) ** e``: ``log(speedup) / log(flops factor)``.
+
+    1 where the latency fell as much as the FLOPs did, 0 where it did not move, below 0 where
+    the pruned model is slower, above 1 where it fell more. On a log scale because a latency
+    that did not move must read the same whatever the FLOPs factor: the plain ratio
+    ``speedup / factor`` puts it at ``1 - flops_reduction``, so any fixed bound sits on the
+    latency noise of some sparsity (at 50 %, 1.00x against 2x fewer FLOPs reads 0.50, flagged
+    on one run and not the next by a bound of 0.5); here it reads 0 +- noise / log(factor), far
+    from the flag's 0.5 wherever the flag applies. ``speedup`` is the
+    runner's ``speedup_batch`` (p50 latency dense / pruned at the latency batch, same run): at
+    batch 1 the latency of a small model is per-call overhead that no pruning removes, so even
+    structured pruning that really runs fewer operations reads as ~1x there (docs/results.md:
+    the digits MLP at 75 % of its neurons removed, 4x fewer FLOPs: 1.15x at batch 1, 2.5x at
+    batch 256). Without a FLOPs reduction (``flops_pruned >= flops_dense``, or a dense model
+    without counted FLOPs) it is 1.0, neutral: there is no saving to compare with; a model with
+    zero FLOPs left (an infinite factor) gives 0.0.
+    """
+    if flops_dense <= 0 or flops_pruned >= flops_dense:
+        return 1.0
+    if flops_pruned <= 0 or not speedup > 0 or not math.isfinite(speedup):
+        return 0.0
+    return float(math.log(speedup) / math.log(flops_dense / flops_pruned))
 
 
 @dataclass(frozen=True)
@@ -37,6 +75,8 @@ class Rule:
     policy: str = "threshold"
     alpha: float = 0.05
     cross_hardware: bool = False  # judged by CROSS_HARDWARE_POLICY (baseline from other hardware)
+    severity: str = "fail"  # "warn": a failing check flags the verdict only
+    when_min: Mapping[str, float] | None = None  # applies where each metric is >= its bound
 
     @classmethod
     def parse(cls, spec: RuleSpec) -> Rule:
@@ -51,6 +91,8 @@ class Rule:
             spec.max,
             spec.policy,
             spec.alpha,
+            severity=spec.severity,
+            when_min=spec.when_min,
         )
 
     @classmethod
@@ -79,7 +121,9 @@ class Rule:
         policy = f", {self.policy} at alpha {self.alpha:g}" if self.policy != "threshold" else ""
         if self.cross_hardware:
             policy = f", cross-hardware: {self.policy} at alpha {self.alpha:g}"
-        return ", ".join(parts) + against + policy
+        when = "".join(f", when {k} >= {v:g}" for k, v in (self.when_min or {}).items())
+        warn = ", warn only" if self.severity == "warn" else ""
+        return ", ".join(parts) + against + policy + when + warn
 
     def across_hardware(self) -> Rule:
         """This rule as judged against a baseline from other hardware: a ``threshold`` rule
@@ -103,6 +147,11 @@ class Rule:
         now = result.value(name)
         if now is None:
             return self._skip(None, None, f"{name} was not measured")
+        for metric, low in (self.when_min or {}).items():
+            value = result.value(metric)
+            if value is None or not _holds(value, ">=", low):
+                was = "not measured" if value is None else fmt(value)
+                return self._skip(None, now, f"applies when {metric} >= {low:g} ({was})")
         reference: float | None = None
         ref_folds: tuple[float, ...] = ()
         bounds: list[tuple[str, float]] = []  # (comparison, bound) in the metric's "good" sense
@@ -157,7 +206,15 @@ class Rule:
         shown = failed_bounds or bounds
         allowed = " and ".join(f"{op} {fmt(b)}" for op, b in _tightest(shown))
         return Check(
-            self.key, name, reference, now, allowed, self.describe(), not failed, test=test
+            self.key,
+            name,
+            reference,
+            now,
+            allowed,
+            self.describe(),
+            not failed,
+            test=test,
+            severity=self.severity,
         )
 
     def _decide(
@@ -216,7 +273,114 @@ class Rule:
         return [n - t for n, t in zip(now, then.folds, strict=True)]
 
     def _skip(self, reference: float | None, now: float | None, note: str) -> Check:
-        return Check(self.key, self.ref.name, reference, now, "-", self.describe(), None, note)
+        return Check(
+            self.key,
+            self.ref.name,
+            reference,
+            now,
+            "-",
+            self.describe(),
+            None,
+            note,
+            severity=self.severity,
+        )
+
+
+def flag_note(check: Check, result: CaseResult) -> str:
+    """A failed advisory check in words, for the verdict's notes (terminal, job summary)."""
+    if check.metric == "speedup_vs_flops":
+        fell = result.value("flops_reduction")
+        speedup = result.value("speedup_batch")
+        flops = "-" if fell is None else f"{-fell:+.0%}".replace("%", " %")
+        latency = "-" if speedup is None else f"{speedup:.2f}x"
+        return (
+            f"speedup not real: FLOPs {flops}, batch latency {latency} (speedup_vs_flops "
+            f"{fmt(check.now)}, allowed {check.allowed}); the kernels that ran do not turn this "
+            "sparsity into speed"
+        )
+    return f"flag: {check.line()}"
+
+
+def front_peers(store: BaselineStore, suite: str, case: str) -> tuple[Baseline, ...]:
+    """The stored baselines of ``suite``'s other cases (``<root>/<suite>/*.json``, validated by
+    :meth:`BaselineStore.load`): what :func:`front_check` compares with.
+
+    Raises
+    ------
+    harness.baseline.BaselineError
+        If one of them is unreadable or malformed.
+    """
+    folder = store.path(suite, case).parent
+    names = sorted(p.stem for p in folder.glob("*.json") if p.stem != case)
+    loaded = (store.load(suite, name) for name in names)
+    return tuple(b for b in loaded if b is not None)
+
+
+def front_check(spec: FrontSpec, result: CaseResult, peers: Sequence[Baseline]) -> Check:
+    """``[gate.front]``: ``result`` against the Pareto front of the other cases' baselines.
+
+    Each peer baseline of the same suite and data (another case; its ``dataset_digest`` the
+    result's, or unrecorded) that has both metrics is a point (mean quality, mean cost), both
+    oriented by their directions. The check fails when a point has cost <= the result's and
+    quality > the result's + ``margin`` (harness.fronts.behind, the gate's float tolerance):
+    the case is more than the margin behind the front. It passes when no peer is as cheap.
+    A hardware-bound axis (a latency) compares only with peers measured on the same hardware
+    (``--harness-base`` gives those). Skipped, with a note, when this case lacks a metric or no
+    peer has both.
+    """
+    q_ref, c_ref = parse(spec.quality), parse(spec.cost)
+    rule = (
+        f"front of {spec.quality} over {spec.cost} (other cases' baselines), margin {spec.margin:g}"
+    )
+    q_now, c_now = result.value(spec.quality), result.value(spec.cost)
+
+    def skip(note: str) -> Check:
+        return Check(FRONT_KEY, spec.quality, None, q_now, "-", rule, None, note)
+
+    if q_now is None or c_now is None:
+        return skip(f"{spec.quality if q_now is None else spec.cost} was not measured")
+    peers = [
+        p
+        for p in peers
+        if p.suite == result.suite
+        and p.case != result.case
+        and p.dataset_digest in ("", result.dataset_digest)
+    ]
+    if q_ref.hardware_bound or c_ref.hardware_bound:
+        peers = [p for p in peers if same_hardware(p.env, result.env)]
+        if not peers:
+            return skip(
+                "skipped: a hardware-bound axis compares only with baselines of this machine "
+                "(--harness-base)"
+            )
+    sq = 1.0 if q_ref.direction is Direction.HIGHER else -1.0
+    sc = 1.0 if c_ref.direction is Direction.LOWER else -1.0
+    named = [
+        (p.case, sq * q, sc * c)
+        for p in peers
+        if (q := p.value(spec.quality)) is not None and (c := p.value(spec.cost)) is not None
+    ]
+    if not named:
+        return skip(f"no other case's baseline has {spec.quality} and {spec.cost}")
+    points = [(q, c) for _, q, c in named]
+    front = [named[i] for i in pareto_front(points)]
+    me = (sq * q_now, sc * c_now)
+    cheaper = [q for _, q, c in front if c <= me[1]]
+    if not cheaper:
+        return Check(
+            FRONT_KEY, spec.quality, None, q_now, "any (no other case is as cheap)", rule, True
+        )
+    best = max(cheaper)
+    allowed = f"{'>=' if sq > 0 else '<='} {fmt(sq * (best - spec.margin))}"
+    hit = behind(me, [(q, c) for _, q, c in front], spec.margin, eps=EPS)
+    test = ""
+    if hit is not None:
+        case, q, c = front[hit]
+        test = (
+            f"behind {case}: {spec.quality} {fmt(sq * q)} at {spec.cost} {fmt(sc * c)}"
+            f" (this case: {fmt(c_now)})"
+        )
+    return Check(FRONT_KEY, spec.quality, sq * best, q_now, allowed, rule, hit is None, test=test)
 
 
 def _cpu(env: dict[str, Any]) -> Any:
@@ -251,9 +415,17 @@ def evaluate(
     result: CaseResult,
     baseline: Baseline | None,
     rules: tuple[RuleSpec, ...],
+    *,
+    front: FrontSpec | None = None,
+    peers: Sequence[Baseline] = (),
 ) -> Verdict:
     """Apply ``rules`` to ``result``: a pure function of its arguments (the machine the result
     was measured on is ``result.env``; a result without one counts as from unknown hardware).
+    With ``front`` (the suite's ``[gate.front]``), one more check against the front of
+    ``peers``, the suite's other baselines (:func:`front_check`, :func:`front_peers`).
+
+    A failed ``severity = "warn"`` rule does not fail the verdict: it is a flag, and its note
+    (:func:`flag_note`) joins the verdict's notes.
 
     Without a baseline the verdict is ``new`` and ``spec-changed`` when the baseline was made from
     another spec; both fail, and ``Verdict.remedy`` says what rewriting the baseline would do (a
@@ -295,7 +467,9 @@ def evaluate(
         for spec in rules
         for rule in Rule.expand(spec, n_classes)
     )
-    failed = any(c.passed is False for c in checks)
+    if front is not None:
+        checks += (front_check(front, result, peers),)
+    failed = any(c.fails for c in checks)
     notes: list[str] = []
     remedy: Remedy | None = None
     if baseline is None:
@@ -317,9 +491,10 @@ def evaluate(
     elif failed:
         status = Status.REGRESSED
         if any(
-            c.passed is False
+            c.fails
             and (c.reference is not None or c.note == MISSING_IN_BASELINE)
             and not c.key.startswith("vs_dense.")
+            and c.key != FRONT_KEY
             for c in checks
         ):
             if cross:
@@ -331,10 +506,15 @@ def evaluate(
                 )
             else:
                 remedy = Remedy.IF_INTENDED
-        else:
+        elif any(c.fails and c.key != FRONT_KEY for c in checks):
             notes.append(
                 "rules against the dense model or absolute bounds failed; a new baseline "
                 "does not change them: improve the case or change the rule in the suite"
+            )
+        if any(c.fails and c.key == FRONT_KEY for c in checks):
+            notes.append(
+                "the case is behind the front of its suite's other baselines; a new baseline "
+                "of this case does not change it: improve the case or change [gate.front]"
             )
     else:
         status = Status.PASS
@@ -346,6 +526,15 @@ def evaluate(
         )
     skipped = sorted({c.note for c in checks if c.passed is None and c.note.startswith("skipped")})
     notes.extend(skipped)
+    accelerated = result.metrics.get("deploy_accelerated_layers")
+    if accelerated is not None and accelerated.mean == 0:  # deploy = "2:4" without a kernel
+        notes.append(
+            "deploy: no layer ran in the runtime's sparse kernels on this device (no kernel "
+            "accelerates the pattern here): the deployed model ran dense"
+        )
+    flagged = tuple(replace(c, note=flag_note(c, result)) if c.flagged else c for c in checks)
+    notes.extend(c.note for c in flagged if c.flagged)
+    checks = flagged
     return Verdict(
         result.suite,
         result.case,

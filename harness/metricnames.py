@@ -66,6 +66,8 @@ MODEL_METRICS: dict[str, Direction] = {
 RUN_METRICS: dict[str, Direction] = {
     "speedup": Direction.HIGHER,
     "speedup_batch": Direction.HIGHER,
+    # speedup_batch x pruned / dense FLOPs: 1 where latency fell as much as the FLOPs did
+    "speedup_vs_flops": Direction.HIGHER,
     "param_reduction": Direction.HIGHER,
     "flops_reduction": Direction.HIGHER,
     "energy_reduction": Direction.HIGHER,
@@ -74,6 +76,10 @@ RUN_METRICS: dict[str, Direction] = {
     "disagreement_rate": Direction.LOWER,  # dense and pruned predict differently
     "perturbed_disagreement_rate": Direction.LOWER,  # ... on perturbations near the samples
     "property_failures": Direction.LOWER,  # hypothesis property checks of the pruned model
+    # deploy = "onnx" / "int8" / "2:4": the runtime's logits against the torch model's
+    "deploy_max_abs_diff": Direction.LOWER,  # max |z_runtime - z_torch| (validation inputs)
+    "deploy_rel_diff": Direction.LOWER,  # ... / (1 + max |z_torch|); harness.deploy.DEPLOY_RTOL
+    "deploy_accelerated_layers": Direction.HIGHER,  # linear layers in the runtime's kernels
 }
 PER_CLASS_METRICS = ("precision", "recall", "f1")
 EDGE_METRICS = ("accuracy", "f1_macro")  # measured on every edge-case set
@@ -83,6 +89,10 @@ HARDWARE_BOUND = frozenset(k for k in MODEL_METRICS if k.startswith("latency")) 
     "energy_measured_uj",
     "speedup",
     "speedup_batch",
+    "speedup_vs_flops",
+    # the runtime's kernels (MLAS's, per instruction set) set the last bits
+    "deploy_max_abs_diff",
+    "deploy_rel_diff",
 }
 # Metrics that are part of the case run itself, not of a model: no per-fold values.
 CASE_LEVEL = ("pie_rate", "pie_count")
@@ -284,6 +294,7 @@ CASE_MODEL_METRICS: tuple[str, ...] = (
 CASE_RUN_METRICS: tuple[str, ...] = (
     "speedup",
     "speedup_batch",
+    "speedup_vs_flops",
     "param_reduction",
     "flops_reduction",
     "disagreement_rate",

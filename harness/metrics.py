@@ -102,13 +102,19 @@ def model_stats(model: nn.Module, example: inputs.Batch) -> dict[str, float]:
     ``sparsity`` is the fraction of zeros among the weights of linear and convolution layers.
     ``flops`` comes from ``torch.utils.flop_counter`` (dense arithmetic, what runs without sparse
     kernels); ``flops_nonzero`` scales each layer's FLOPs by the density of its weights.
+
+    A deployed model (:class:`harness.deploy.Deployed`: ONNX Runtime, int8, 2:4) is counted on
+    the torch model it runs; ``size_bytes`` is what the deployment stores (int8: the int8
+    weights) -- :func:`harness.deploy.counted`.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from harness.deploy import counted
     from harness.energy import estimate
     from harness.pruning.base import prunable_modules, weight
 
+    model, stored = counted(model)
     params = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     layers = prunable_modules(model)
@@ -128,7 +134,7 @@ def model_stats(model: nn.Module, example: inputs.Batch) -> dict[str, float]:
         saved += layer_flops * (1 - density)
 
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
+    torch.save(stored, buf)
     raw = buf.getvalue()
     return {
         "params": float(params),

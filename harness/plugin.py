@@ -406,6 +406,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_SHARD_KEY] = selector
         config.pluginmanager.register(selector, "harness-shard")
     if hasattr(config, "workerinput"):
+        from harness.shard import DURATIONS_FILE
+
+        durations = _committed_baselines(config, settings) / DURATIONS_FILE
+        config.pluginmanager.register(LongestFirst(durations), "harness-longest-first")
         return  # xdist worker: outcomes travel to the controller with the test reports
     uri = _setting(config, "harness_mlflow_uri") or tracking.default_uri(root)
     recorder = open_recorder(
@@ -600,6 +604,35 @@ class CaseChecker:
 def prune_harness(request: pytest.FixtureRequest) -> CaseChecker:
     """Check pruning cases from a Python test: ``prune_harness.check(spec, "case-name")``."""
     return CaseChecker(request)
+
+
+# --- xdist: the longest cases first ----------------------------------------------------------
+
+
+class LongestFirst:
+    """Under xdist, every worker collects the cases longest first by their stored durations
+    (``baselines/durations.json``; a case without one costs the median), the other tests after
+    them in their order. ``--dist load`` hands out tests in collection order, so the long cases
+    start first and the short ones fill the gaps at the end (longest processing time first,
+    Graham 1969) instead of a long case starting last while the other worker idles. Every worker
+    sorts the same way (same file, same ids), as xdist requires; a serial run keeps file order.
+    An unreadable durations file changes nothing here (``--harness-shard`` reports it)."""
+
+    def __init__(self, durations: Path) -> None:
+        self.durations = durations
+
+    @pytest.hookimpl(trylast=True)  # after selection (-k, shards)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[Any]) -> None:
+        from harness.shard import ShardError, cost_of, load_durations
+
+        try:
+            stored = load_durations(self.durations)
+        except ShardError:
+            return
+        cases = [item for item in items if isinstance(item, CaseItem)]
+        cost = cost_of([item.nodeid for item in cases], stored)
+        cases.sort(key=lambda item: (-cost[item.nodeid], item.nodeid))
+        items[:] = [*cases, *(item for item in items if not isinstance(item, CaseItem))]
 
 
 # --- CI shards (--harness-shard K/N; the assignment is harness.shard's) -------------------------

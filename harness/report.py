@@ -98,8 +98,18 @@ def terminal_lines(outcomes: Sequence[Outcome]) -> list[str]:
         f"{len(outcomes)} case(s): {len(outcomes) - n_bad} passed, {n_bad} failed "
         "(speedup: batch latency dense/pruned, same run)"
     )
+    lines.extend(flag_lines(outcomes))
     lines.extend(hardware_lines(outcomes))
     return lines
+
+
+def flag_lines(outcomes: Sequence[Outcome]) -> list[str]:
+    """One line per flag (a failed advisory rule: it does not fail the case), in case order."""
+    return [
+        f"flag {o.result.suite}::{o.result.case}: {c.note}"
+        for o in outcomes
+        for c in o.verdict.flags
+    ]
 
 
 def hardware_lines(outcomes: Sequence[Outcome]) -> list[str]:
@@ -124,10 +134,16 @@ def markdown(outcomes: Sequence[Outcome], regen: Regen | None = None) -> str:
     ]
     for o in _ordered(outcomes):
         row = list(vars(_row(o)).values())
-        row[1] = ("✅ " if o.verdict.ok else "❌ ") + row[1]
+        mark = "⚠️ " if o.verdict.ok and o.verdict.flags else "✅ " if o.verdict.ok else "❌ "
+        row[1] = mark + row[1]
         out.append("| " + " | ".join(row) + " |")
     if hardware := hardware_lines(outcomes):
         out += [""] + [f"> {line}" for line in hardware]
+    flagged = [o for o in outcomes if o.verdict.flags]
+    if flagged:
+        out += ["", "### Flags (advisory: they do not fail the build)", ""]
+        for o in flagged:
+            out += [f"- **{o.result.suite}::{o.result.case}**: {c.note}" for c in o.verdict.flags]
     bad = [o for o in _ordered(outcomes) if not o.verdict.ok]
     if bad:
         out += ["", "### Failures", ""]
@@ -153,6 +169,8 @@ def case_markdown(outcome: Outcome) -> str:
     out += ["| rule | reference | now | allowed | result |", "|---|---|---|---|---|"]
     for c in v.checks:
         state = {True: "pass", False: "**FAIL**", None: f"skipped: {c.note}"}[c.passed]
+        if c.flagged:
+            state = "**flag** (advisory)"
         ref = "-" if c.reference is None else f"{c.reference:.4g}"
         now = "-" if c.now is None else f"{c.now:.4g}"
         out.append(f"| `{c.key}` ({c.rule}) | {ref} | {now} | {c.allowed} | {state} |")
@@ -255,6 +273,7 @@ def write_session(directory: Path, outcomes: Sequence[Outcome], regen: Regen | N
                 "case": o.result.case,
                 "verdict": o.verdict.status.value,
                 "failed": o.verdict.lines(regen(o) if regen else None) if not o.verdict.ok else [],
+                **({"flags": [c.note for c in o.verdict.flags]} if o.verdict.flags else {}),
             }
             for o in outcomes
         ],

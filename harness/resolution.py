@@ -112,6 +112,12 @@ def resolve(suite: SuiteSpec) -> SuiteSpec:
         own = suite.for_case(case)
         case_model = model if own is suite else built(own.model, own.model_args, where)
         _check_method(case, where, source)
+        if case.deploy is not None:  # before any training: the runtime exists, the case fits it
+            from harness.deploy import check as check_deploy
+
+            device = resolve_device(suite.device)
+            if problem := check_deploy(case.deploy, device=device, pattern=case.prune.pattern):
+                raise fail(f"{where}.deploy", case.deploy, problem)
         _check_ignore(case, where, case_model, fail)
         _check_rules(case.gate, f"{where}.gate", ds.n_classes, fail)
         for text in case.edge or ():

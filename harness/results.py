@@ -146,7 +146,9 @@ def fmt(value: float | None) -> str:
 
 @dataclass(frozen=True)
 class Check:
-    """One rule applied: ``passed`` is None when the rule was skipped (``note`` says why)."""
+    """One rule applied: ``passed`` is None when the rule was skipped (``note`` says why). A
+    ``severity = "warn"`` check that did not pass is a flag: ``note`` says it in words, and it
+    does not fail the verdict."""
 
     key: str
     metric: str
@@ -157,6 +159,16 @@ class Check:
     passed: bool | None
     note: str = ""
     test: str = ""  # the statistical test behind a policy's decision, one line
+    severity: str = "fail"  # "warn": advisory (harness.spec.RuleSpec.severity)
+
+    @property
+    def fails(self) -> bool:
+        """Whether this check fails its case (a failed ``warn`` check only flags it)."""
+        return self.passed is False and self.severity != "warn"
+
+    @property
+    def flagged(self) -> bool:
+        return self.passed is False and self.severity == "warn"
 
     def line(self) -> str:
         ref = "" if self.reference is None else f"{self._against()} {fmt(self.reference)}, "
@@ -167,7 +179,12 @@ class Check:
         return "dense" if self.key.startswith("vs_dense.") else "baseline"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field; ``severity`` only when it is not the default, so that verdicts without
+        flags read as they did before the field existed (and older JSON loads as "fail")."""
+        data = asdict(self)
+        if self.severity == "fail":
+            del data["severity"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Check:
@@ -218,7 +235,13 @@ class Verdict:
 
     @property
     def failed(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if c.passed is False)
+        """The checks that fail the case (flags excluded)."""
+        return tuple(c for c in self.checks if c.fails)
+
+    @property
+    def flags(self) -> tuple[Check, ...]:
+        """The advisory checks that did not pass: shown at once, never failing the case."""
+        return tuple(c for c in self.checks if c.flagged)
 
     def lines(self, regen_command: str | None = None) -> list[str]:
         """What a failing case prints: one line per regressed metric, then the notes; given the

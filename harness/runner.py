@@ -26,6 +26,7 @@ from harness.cache import DiskCache, Entry
 from harness.data import Dataset, Fold, load_dataset, make_folds
 from harness.data.split import TestSplit, bootstrap_mean_ci, split_test
 from harness.executors import Executor, Resources, SerialExecutor
+from harness.gate import speedup_vs_flops
 from harness.metricnames import MODELS, MetricRef, model_names
 from harness.models import (
     build,
@@ -39,7 +40,7 @@ from harness.power import measure_energy, rapl_counter
 from harness.pruning import PruneContext, create
 from harness.pruning.base import prunable_modules, schedule_targets, weight
 from harness.results import CaseResult, MetricSummary
-from harness.spec import CaseSpec, LatencySpec, SuiteSpec, TrainSpec
+from harness.spec import CaseSpec, LatencySpec, SpecError, SuiteSpec, TrainSpec
 from harness.training import TrainingError, fit, predict_logits
 
 __all__ = [
@@ -160,8 +161,30 @@ class DenseCache:
             self.trained += 1
             self.put(key, entry)
             return entry
+        entry = self._from_disk(key, train, wait=True)
+        assert entry is not None
+        return entry
+
+    def claim(self, key: tuple[str, ...], train: Callable[[], _Dense]) -> bool:
+        """:meth:`dense` unless another process is training that model now (its disk entry is
+        locked): then nothing, and False. A process that finds its next model being trained
+        elsewhere trains another one meanwhile instead of waiting (:func:`_claim_dense`)."""
+        if key in self._entries:  # not counted: the fold's own lookup counts
+            return True
+        if self.disk is None:
+            self.dense(key, train)
+            return True
+        return self._from_disk(key, train, wait=False) is not None
+
+    def _from_disk(
+        self, key: tuple[str, ...], train: Callable[[], _Dense], *, wait: bool
+    ) -> _Dense | None:
+        assert self.disk is not None
         disk_key = _disk_key(key)
-        with self.disk.lock("dense", disk_key):  # one process trains, the others wait and load
+        # one process trains, the others wait and load (or, not waiting, go on to other folds)
+        with self.disk.lock("dense", disk_key, wait=wait) as free:
+            if not free:
+                return None
             if (stored := self.disk.get("dense", disk_key)) is not None:
                 entry = _Dense.from_entry(stored)
                 self.disk_hits += 1
@@ -448,12 +471,68 @@ def prune_fold(
     if pruner.at_init and case.finetune is not None:
         _finetune(pruned, case, fold, dense, seed=seed + 100, device=device)
     pruned = pruner.finalize(pruned)
-    if case.deploy == "csr":
-        from harness.deploy import to_sparse_csr
-
-        pruned = to_sparse_csr(pruned)
+    if case.deploy is not None:
+        pruned = _deploy(suite, case, fold, pruned, device)
     pruned.eval()
     return pruned
+
+
+def _deploy(suite: SuiteSpec, case: CaseSpec, fold: Fold, pruned: nn.Module, device: str) -> Any:
+    """``pruned`` as ``case.deploy`` ships it (:func:`harness.deploy.deploy`); a deployment that
+    cannot run here is the case's one-line error at ``case[NAME].deploy``."""
+    from harness.deploy import DeployError, deploy
+
+    assert case.deploy is not None
+    example = inputs.to_batch(inputs.take(fold.X_train, slice(0, 2)), device)
+    try:
+        return deploy(
+            case.deploy,
+            pruned,
+            example,
+            threads=suite.threads,
+            device=device,
+            pattern=case.prune.pattern,
+        )
+    except DeployError as err:
+        raise SpecError(suite.source, f"case[{case.name}].deploy", case.deploy, str(err)) from None
+
+
+def _deployed_dense(suite: SuiteSpec, case: CaseSpec, fold: Fold, dense: nn.Module) -> nn.Module:
+    """The dense model as ``case.deploy`` ships it, for timing (``"csr"``: as it is, none of
+    its layers has the zeros CSR needs)."""
+    if case.deploy is None or case.deploy == "csr":
+        return dense
+    import warnings
+
+    from harness.deploy import DeployWarning
+
+    with warnings.catch_warnings():  # "2:4 runs dense here" is said for the pruned model
+        warnings.simplefilter("ignore", DeployWarning)
+        deployed: nn.Module = _deploy(suite, case, fold, copy.deepcopy(dense), _device(suite))
+    return deployed.eval()
+
+
+def _torch_model(model: nn.Module) -> nn.Module:
+    """The torch model of a deployed one (:class:`harness.deploy.Deployed`), else ``model``."""
+    from harness.deploy import Deployed
+
+    return model.source if isinstance(model, Deployed) else model
+
+
+def _deploy_metrics(
+    pruned: nn.Module, pruned_eval: _Evaluation, fold: Fold, device: str
+) -> dict[str, float]:
+    """A deployment's logits against its torch model's on the fold's validation inputs
+    (:func:`harness.deploy.deploy_metrics`), and the layers its runtime's kernels run."""
+    from harness.deploy import Deployed, deploy_metrics
+
+    if not isinstance(pruned, Deployed):
+        return {}
+    source = predict_logits(pruned.source, fold.X_val, device=device)
+    out = deploy_metrics(pruned_eval.logits, source)
+    if pruned.accelerated_layers is not None:
+        out["deploy_accelerated_layers"] = float(pruned.accelerated_layers)
+    return out
 
 
 def measure_fold(
@@ -466,9 +545,14 @@ def measure_fold(
     pruned: nn.Module,
 ) -> FoldResult:
     """Every metric of one fold: quality and statistics of both models, latency (and RAPL
-    energy), same-run ratios, edge-case sets and the checks."""
+    energy), same-run ratios, edge-case sets and the checks.
+
+    With ``deploy = "onnx" | "int8" | "2:4"`` the dense model's latency is measured deployed the
+    same way (its quality stays the torch model's), so ``speedup`` is what the pruning buys in
+    the runtime the model ships in, not the runtime's own gain over torch."""
     pruned_eval = _evaluate(pruned, fold, ds, "pruned", _device(suite))
-    lat, uj = measure_speed([dense, pruned], fold.X_val, suite)
+    timed_dense = _deployed_dense(suite, case, fold, dense)
+    lat, uj = measure_speed([timed_dense, pruned], fold.X_val, suite)
     dense_metrics = {**dense_eval.metrics, **lat[0].as_metrics()}
     pruned_metrics = {**pruned_eval.metrics, **lat[1].as_metrics()}
     if uj is not None:  # measured energy where RAPL is readable
@@ -477,10 +561,14 @@ def measure_fold(
     out = {**model_names("dense", dense_metrics), **model_names("pruned", pruned_metrics)}
     out["speedup"] = lat[0].p50 / lat[1].p50
     out["speedup_batch"] = lat[0].batch_p50 / lat[1].batch_p50
+    out["speedup_vs_flops"] = speedup_vs_flops(
+        out["speedup_batch"], pruned_metrics["flops_nonzero"], dense_metrics["flops"]
+    )
     out["param_reduction"] = 1 - pruned_metrics["nonzero_params"] / dense_metrics["params"]
     out["flops_reduction"] = 1 - pruned_metrics["flops_nonzero"] / dense_metrics["flops"]
     out["energy_reduction"] = 1 - pruned_metrics["energy_nj"] / dense_metrics["energy_nj"]
     out["disagreement_rate"] = float((dense_eval.pred != pruned_eval.pred).mean())
+    out.update(_deploy_metrics(pruned, pruned_eval, fold, _device(suite)))
     out.update(_edge_metrics(suite, case, ds, fold, dense_eval, {"dense": dense, "pruned": pruned}))
     findings = _checks(suite, fold, dense, pruned, out, vocab=ds.spec.vocab)
     return FoldResult(
@@ -490,7 +578,7 @@ def measure_fold(
         pruned_eval.pred,
         dense_eval.confusion,
         pruned_eval.confusion,
-        _layer_sparsity(dense, pruned),
+        _layer_sparsity(dense, _torch_model(pruned)),
         pruned,
         findings,
     )
@@ -835,6 +923,34 @@ def fold_job(job: FoldJob) -> FoldResult:
     return result
 
 
+def _claim_dense(
+    suite: SuiteSpec,
+    prepared: _Prepared,
+    cache: DenseCache,
+    deadline: float | None,
+    budget: float | None,
+) -> None:
+    """Before a serial case's folds, train (or load) every fold's dense model that no other
+    process is training now, and leave the others to the folds (which wait for them and load).
+
+    Two processes that start the same suite together (xdist workers with ``--dist load``, two
+    sessions on one cache) would otherwise train its dense models in turns, one waiting on each
+    fold's lock while the other trains; this way they divide them. Each model is trained from its
+    fold's own seed, so which process trains which, and in what order, changes no result. Not with
+    ``--harness-cache-results`` (a case whose fold results are stored needs no dense model)."""
+    if cache.disk is None or cache.results:
+        return
+    left = None if deadline is None else deadline - time.time()
+    with _util.time_budget(left, total=budget), _torch_settings(suite.threads):
+        for fold in prepared.folds:
+            _util.check_budget(f"before the dense model of fold {fold.index + 1}")
+            cache.claim(cache.key(suite, prepared.ds, fold), _trainer(suite, prepared.ds, fold))
+
+
+def _trainer(suite: SuiteSpec, ds: Dataset, fold: Fold) -> Callable[[], _Dense]:
+    return lambda: _train_dense(suite, ds, fold)
+
+
 def _fold_key(job: FoldJob, ds: Dataset, fold: Fold) -> dict[str, str]:
     """Everything one fold's results depend on: its dense model's key, the case's spec, the
     harness's code and the hardware (latency is measured, so the same CPU and threads)."""
@@ -923,6 +1039,8 @@ def _run_case(
         )
         for i in range(n_folds)
     ]
+    if isinstance(executor, SerialExecutor):
+        _claim_dense(suite, prepared, cache, deadline, budget)
     device = _device(suite)
     resources = Resources(cpus=suite.threads, gpus=1.0 if device.startswith("cuda") else 0.0)
     token = _SESSION_CACHE.set(cache)

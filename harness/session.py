@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.baseline import Baseline, BaselineError, BaselineStore
-from harness.gate import evaluate
+from harness.gate import evaluate, front_peers
 from harness.results import Outcome
 from harness.spec import CaseSpec, SuiteSpec
 from harness.tracking import ARTIFACTS, Tracker
@@ -225,7 +225,8 @@ def check_case(
     if settings.regen:
         written = str(store.save(fresh))
         baseline = fresh
-    verdict = evaluate(result, baseline, suite.rules(case))
+    peers = front_peers(store, suite.name, case.name) if suite.front is not None else ()
+    verdict = evaluate(result, baseline, suite.all_rules(case), front=suite.front, peers=peers)
     if not verdict.ok and baseline is not None and not settings.regen:
         try:
             obtained = str(store.save_obtained(fresh))

@@ -123,6 +123,15 @@ def _fallback_cost(known: Iterable[float]) -> float:
     return statistics.median(values) if values else DEFAULT_COST
 
 
+def cost_of(node_ids: Iterable[str], durations: Mapping[str, float]) -> dict[str, float]:
+    """The cost of every node id: its stored seconds, else the median of the stored seconds of
+    the others given (1.0 s if none has one)."""
+    ids = sorted(set(node_ids))
+    known = {n: float(durations[n]) for n in ids if n in durations}
+    fallback = _fallback_cost(known.values())
+    return {n: known.get(n, fallback) for n in ids}
+
+
 def assign(
     node_ids: Iterable[str], count: int, durations: Mapping[str, float] | None = None
 ) -> Assignment:
@@ -149,8 +158,7 @@ def assign(
     ids = sorted(set(node_ids))
     durations = durations or {}
     known = {n: float(durations[n]) for n in ids if n in durations}
-    fallback = _fallback_cost(known.values())
-    costs = {n: known.get(n, fallback) for n in ids}
+    costs = cost_of(ids, durations)
     heap = [(0.0, k) for k in range(count)]  # (load, index): the lightest, then the lowest
     loads = [0.0] * count
     shard_of: dict[str, int] = {}

@@ -37,11 +37,13 @@ from harness.schema import (
 
 __all__ = [
     "BOUNDS",
+    "DEFAULT_FLAGS",
     "DEFAULT_RULES",
     "MISSING",
     "CaseSpec",
     "ChecksSpec",
     "DistillSpec",
+    "FrontSpec",
     "LatencySpec",
     "Marker",
     "PruneSpec",
@@ -58,6 +60,7 @@ Scheduler = Literal["constant", "cosine", "step", "onecycle", "plateau"]
 Schedule = Literal["oneshot", "iterative", "agp"]
 Scope = Literal["global", "layer"]
 Policy = Literal["threshold", "significant", "non_inferior"]
+Severity = Literal["fail", "warn"]  # a failing "warn" rule flags the verdict, never fails it
 Deploy = Literal["csr", "onnx", "int8", "2:4"]
 Numerics = Literal["portable", "native"]
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
@@ -65,6 +68,7 @@ SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 SCOPES: tuple[str, ...] = get_args(Scope)
 POLICIES: tuple[str, ...] = get_args(Policy)
+SEVERITIES: tuple[str, ...] = get_args(Severity)
 DEPLOY: tuple[str, ...] = get_args(Deploy)
 RULE_KEYS = ("max_drop", "max_rel_drop", "min", "max")
 
@@ -240,6 +244,27 @@ def _rule_key(value: str) -> str | None:
     return None
 
 
+def _plain_metric(value: str) -> str | None:
+    """A metric a result has one value of: no ``vs_dense.`` comparison, no ``class_*``."""
+    if (problem := _rule_key(value)) is not None:
+        return problem
+    ref, vs_dense = rule_target(value)
+    if vs_dense or ref.wildcard:
+        return "must name one metric (no vs_dense., no class_*)"
+    return None
+
+
+def _conditions(value: Mapping[str, Any]) -> str | None:
+    for name, bound in value.items():
+        if (problem := _plain_metric(name)) is not None:
+            return f"{name!r}: {problem}"
+        if isinstance(bound, bool) or not isinstance(bound, int | float):
+            return f"{name!r}: the lower bound must be a number"
+        if not math.isfinite(bound):
+            return f"{name!r}: the lower bound must be finite"
+    return None
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """How to train (dense) or fine-tune (after each pruning round)."""
@@ -313,6 +338,12 @@ class RuleSpec:
     max: float | None = None
     policy: Policy = "threshold"  # how max_drop is judged over the folds (harness.stats)
     alpha: float = option(0.05, check=_probability)
+    # "warn": a failing check flags the verdict (a note in the terminal and job summary) and
+    # never fails the build; "fail" (default): it fails the case
+    severity: Severity = "fail"
+    # applies only where every named metric of the result is >= its bound (else skipped with a
+    # note): ``when_min = { flops_reduction = 0.2 }``; None: always
+    when_min: Mapping[str, float] | None = option(None, check=_conditions)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -324,6 +355,27 @@ class RuleSpec:
             yield "", {}, f"a rule needs one of {', '.join(RULE_KEYS)}"
         if self.min is not None and self.max is not None and self.min > self.max:
             yield "min", self.min, f"must be <= max ({self.max})"
+
+
+@dataclass(frozen=True)
+class FrontSpec:
+    """``[gate.front]``: a case fails when another case's stored baseline beats it on the
+    suite's (quality, cost) trade-off by more than ``margin``: that baseline's ``cost`` is <=
+    this case's and its ``quality`` > this case's + ``margin`` (harness.gate.front_check).
+    Directions come from the metric names. The default cost counts operations, so the rule
+    means the same on every machine; a hardware-bound cost (a latency) is compared only with
+    baselines of the same machine (``--harness-base``)."""
+
+    quality: str = option("pruned.f1_macro", check=_plain_metric)
+    cost: str = option("pruned.flops_nonzero", check=_plain_metric)
+    margin: float = option(0.01, check=_non_negative)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> Iterator[tuple[str, Any, str]]:
+        if self.quality == self.cost:
+            yield "cost", self.cost, "must differ from quality (a front needs two axes)"
 
 
 @dataclass(frozen=True)
@@ -414,6 +466,8 @@ class SuiteSpec:
     latency: LatencySpec = field(default_factory=LatencySpec)
     checks: ChecksSpec = field(default_factory=ChecksSpec)
     gate: tuple[RuleSpec, ...] = ()
+    # [gate.front]: opt-in rule against the front of the suite's other baselines (None: off)
+    front: FrontSpec | None = None
     edge: tuple[str, ...] = option((), check=_edge_texts)  # edge-case sets for every case
     source: str = "<python>"
     numerics: Numerics | None = None  # None: the session's (harness.numerics)
@@ -516,6 +570,14 @@ class SuiteSpec:
         merged.update({r.metric: r for r in case.gate})
         return tuple(merged.values())
 
+    def all_rules(self, case: CaseSpec) -> tuple[RuleSpec, ...]:
+        """What the gate applies to ``case``: :meth:`rules`, then every rule of
+        :data:`DEFAULT_FLAGS` on a metric none of them names (a suite or case rule on the same
+        metric replaces the flag, e.g. to make it fail)."""
+        rules = self.rules(case)
+        named = {r.metric for r in rules}
+        return rules + tuple(f for f in DEFAULT_FLAGS if f.metric not in named)
+
 
 DEFAULT_RULES: tuple[RuleSpec, ...] = (
     RuleSpec("pruned.f1_macro", max_drop=0.01),
@@ -524,6 +586,15 @@ DEFAULT_RULES: tuple[RuleSpec, ...] = (
     # a pruned model that returns NaN / inf for extreme inputs, or breaks batch invariance or
     # determinism, fails by default (skipped with a note where the checks are off)
     RuleSpec("property_failures", max=0.0),
+)
+# Advisory rules every suite gets, whatever its [gate] says (unless it writes a rule on the same
+# metric): they flag a verdict and never fail it. The FLOPs fell by a fifth or more, but less
+# than half of that reduction shows up as batch speed on a log scale (speedup_vs_flops < 0.5,
+# speedup < sqrt(FLOPs factor)): the kernels that ran do not exploit this sparsity (dense
+# kernels on zeroed weights, the usual case on CPU; such a case reads 0 +- noise). A same-run
+# ratio: judged on any machine, with or without a baseline.
+DEFAULT_FLAGS: tuple[RuleSpec, ...] = (
+    RuleSpec("speedup_vs_flops", min=0.5, severity="warn", when_min={"flops_reduction": 0.2}),
 )
 
 
@@ -544,14 +615,27 @@ def _digest(obj: Any) -> str:
 # Loading (structural: types, ranges, enums, unknown keys)
 
 
-def _rules(table: Table) -> tuple[RuleSpec, ...]:
+FRONT = "front"  # [gate.front]: not a metric name
+
+
+def _rules(table: Table, *, suite: bool = False) -> tuple[RuleSpec, ...]:
     rules = []
     for metric in list(table.data):
+        if metric == FRONT and suite:
+            continue
+        if metric == FRONT:
+            raise table.fail(metric, table.data[metric], "only in the suite's [gate] table")
         if (problem := _rule_key(metric)) is not None:
             raise table.fail(metric, table.data[metric], problem)
         rules.append(table.sub(metric).build(RuleSpec, metric=metric))
     table.done()
     return tuple(rules)
+
+
+def _gate(table: Table) -> tuple[tuple[RuleSpec, ...], FrontSpec | None]:
+    """The suite's ``[gate]``: its rules and its ``[gate.front]`` table (None when absent)."""
+    front = table.sub(FRONT).build(FrontSpec) if FRONT in table.data else None
+    return _rules(table, suite=True), front
 
 
 def _edge(table: Table, key: str) -> tuple[str, ...]:
@@ -629,7 +713,7 @@ def suite_from_dict(data: Mapping[str, Any], source: str = "<python>") -> SuiteS
     given["train"] = top.sub("train").build(TrainSpec)
     given["latency"] = top.sub("latency").build(LatencySpec)
     given["checks"] = top.sub("checks").build(ChecksSpec)
-    given["gate"] = _rules(top.sub("gate"))
+    given["gate"], given["front"] = _gate(top.sub("gate"))
     edge = top.sub("edge")
     given["edge"] = _edge(edge, "sets")
     edge.done()

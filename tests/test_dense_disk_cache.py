@@ -72,7 +72,9 @@ def test_a_second_session_loads_the_dense_models(suite: SuiteSpec, tmp_path: Pat
     assert (second.trained, second.disk_hits) == (0, 2)
     assert quality(a) == quality(b)
     c = run_case(suite, suite.cases[1], cache=second)  # the next case: from memory
-    assert (second.trained, second.disk_hits, second.hits) == (0, 2, 2)
+    # before each serial case the cache claims the dense models (loaded from disk once), and
+    # each fold then finds its model in memory: 2 hits for the first case, 2 for this one
+    assert (second.trained, second.disk_hits, second.hits) == (0, 2, 4)
     assert quality(c) == quality(run_case(suite, suite.cases[1]))  # as if trained here
 
 
@@ -133,3 +135,26 @@ def test_a_process_pool_shares_the_controllers_cache(suite: SuiteSpec, tmp_path:
         assert quality(pooled) == quality(serial)
     finally:
         pool.close()
+
+
+def test_a_model_another_process_is_training_is_left_for_later(
+    suite: SuiteSpec, tmp_path: Path
+) -> None:
+    """Two processes starting one suite divide its dense models: the one that finds a fold's
+    entry locked trains the next fold meanwhile, then loads the locked one; results unchanged."""
+    from filelock import FileLock
+
+    from harness import runner
+
+    disk = DiskCache(tmp_path)
+    cache = DenseCache(disk=disk)
+    prepared = runner._prepared(suite)
+    first = runner._disk_key(cache.key(suite, prepared.ds, prepared.folds[0]))
+    lock_path = tmp_path / ".locks" / f"{disk_cache.key_digest(first)}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_path):  # "another process" is training fold 0's model
+        runner._claim_dense(suite, prepared, cache, None, None)
+        assert (cache.trained, len(cache)) == (1, 1)  # fold 1's, without waiting for fold 0
+    result = run_case(suite, suite.cases[0], cache=cache)
+    assert cache.trained == 2  # fold 0's, once its lock was free (nobody stored it here)
+    assert quality(result) == quality(run_case(suite, suite.cases[0]))

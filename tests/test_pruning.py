@@ -137,6 +137,16 @@ BAD_ARGS: dict[str, dict[str, tuple[object, str]]] = {
         "damp": (0, "must be > 0"),
         "ignore": ("2", "must be an array"),
     },
+    "sparsegpt": {
+        "n_samples": (0, "must be > 0"),
+        "blocksize": (1.5, "must be an integer"),
+        "damp": (-0.1, "must be > 0"),
+        "ignore": ("0", "must be an array"),
+    },
+    "wanda": {
+        "n_samples": ("16", "must be an integer"),
+        "ignore": ([1], "must be an array of strings"),
+    },
     "snip": {
         "batches": (0, "must be > 0"),
         "batch_size": (-1, "must be > 0"),

@@ -47,7 +47,11 @@ def test_every_case_option_is_used_by_a_reference_case() -> None:
     cases = [case for _, case in _cases()]
     assert {c.prune.schedule for c in cases} >= {"oneshot", "iterative", "agp"}
     assert any(c.distill is not None for c in cases)
-    assert any(c.deploy == "csr" for c in cases)
+    assert {c.deploy for c in cases} >= {"csr", "onnx", "int8"}  # "2:4" needs CUDA to mean it
+    patterned = {c.prune.method for c in cases if c.prune.pattern is not None}
+    assert {"magnitude", "wanda", "sparsegpt"} <= patterned
+    onnx = [c for c in cases if c.deploy == "onnx"]
+    assert all(any(r.metric == "deploy_rel_diff" for r in c.gate) for c in onnx)
     assert any(get(c.prune.method).at_init for c in cases)
 
 

@@ -11,6 +11,10 @@ dataclasses here): :meth:`Pruner.parse_args` builds it from the suite's table, a
 ``self.args``. Unstructured techniques name a criterion, a function ``(model, ctx, args) -> scores
 per layer``, for the generic :class:`MaskPruner`; structured ones name a Torch-Pruning importance
 for :class:`~harness.pruning.structured.StructuralPruner`.
+
+``prune.pattern = "N:M"`` (semi-structured sparsity, :func:`nm_keep_mask`) is taken by the
+techniques whose :attr:`Pruner.patterns` is True (every :class:`MaskPruner` criterion, SparseGPT)
+with ``schedule = "oneshot"``; :meth:`Pruner.parse_spec` refuses it in one line for the others.
 """
 
 from __future__ import annotations
@@ -362,6 +366,9 @@ class Pruner(ABC):
     # True: the runner prunes the freshly initialized model (same init as the dense one), then
     # trains the sparse network with the suite's [train] spec, masks held (SNIP and kin)
     at_init: ClassVar[bool] = False
+    # True: the technique prunes to ``prune.pattern = "N:M"`` (N of every M consecutive input
+    # weights of a row kept, :func:`nm_keep_mask`); the others refuse a pattern
+    patterns: ClassVar[bool] = False
     Args: ClassVar[type[PrunerArgs]] = PrunerArgs
     args: PrunerArgs
 
@@ -400,6 +407,27 @@ class Pruner(ABC):
         return iter(())
 
     @classmethod
+    def pattern_problems(cls, spec: PruneSpec) -> Problems:
+        """Problems of ``spec.pattern`` with this technique: a technique whose :attr:`patterns`
+        is False refuses it (naming those that take one), and a pattern is pruned in one shot
+        (an iterative or AGP schedule would have to grow ``N:M`` masks round by round)."""
+        if spec.pattern is None:
+            return
+        if not cls.patterns:
+            from harness.pruning import registry
+
+            able = [n for n in registry.names() if registry.get(n).patterns]
+            kind = "a structured method, it removes whole units" if cls.structured else ""
+            yield (
+                "pattern",
+                spec.pattern,
+                f"{cls.name} cannot prune to an N:M pattern{f' ({kind})' if kind else ''}; "
+                f"methods that can: {', '.join(able)}",
+            )
+        elif spec.schedule != "oneshot":
+            yield "schedule", spec.schedule, f'must be "oneshot" with pattern = {spec.pattern!r}'
+
+    @classmethod
     def parse_spec(
         cls, spec: PruneSpec, *, source: str = "<python>", path: str = "prune"
     ) -> PrunerArgs:
@@ -408,9 +436,12 @@ class Pruner(ABC):
         Raises
         ------
         SpecError
-            The first problem, named below ``path`` (``prune.args.max_layer``, ``prune.schedule``).
+            The first problem, named below ``path`` (``prune.args.max_layer``, ``prune.schedule``,
+            ``prune.pattern``: :meth:`pattern_problems` come first).
         """
         args = cls.parse_args(spec.args, source=source, path=f"{path}.args")
+        for key, value, problem in cls.pattern_problems(spec):
+            raise SpecError(source, f"{path}.{key}", value, problem)
         for key, value, problem in cls.spec_problems(spec, args):
             raise SpecError(source, f"{path}.{key}", value, problem)
         return args
@@ -452,10 +483,20 @@ class MaskPruner(Pruner):
     ``round(max_layer * n)`` of its ``n`` weights. A global ranking can otherwise prune a whole
     layer away at high sparsity (layer collapse, Tanaka et al. 2020), which cuts the network in
     two; the weights a capped layer keeps go to the next lowest scores of the other layers.
+
+    ``spec.pattern = "N:M"`` (:func:`nm_keep_mask`): every layer keeps the ``N`` highest scores of
+    every group of ``M`` consecutive weights of each row of its weight matrix (a convolution's
+    ``(out_channels, in_channels * prod(kernel))`` view), so every group has exactly ``M - N``
+    zeros; scope, global ranking and ``max_layer`` do not apply, nor does the step's ``target``
+    (the pattern is the target: ``sparsity = 1 - N/M``). A layer whose row length ``d`` is not a
+    multiple of ``M`` (a first convolution of ``in_channels * 9 = 27`` inputs under ``2:4``) gets
+    no mask and stays dense, like a layer in ``ignore`` (:func:`pattern_layers` names the layers
+    that take the pattern); the model's sparsity is then ``1 - N/M`` over those layers only.
     """
 
+    patterns: ClassVar[bool] = True
     Args: ClassVar[type[PrunerArgs]] = MaskArgs
-    args: MaskArgs
+    args: IgnoreArgs  # MaskArgs for all but those that compare per row (Wanda)
     criterion: ClassVar[Criterion]
 
     @classmethod
@@ -479,24 +520,33 @@ class MaskPruner(Pruner):
                 if mask is not None:
                     s[mask == 0] = -torch.inf  # keep what is pruned pruned
                 ranked[m] = s
-            if self.spec.scope == "global":
-                cap = self.args.max_layer
-                if cap is None:
-                    keep = _keep_mask(torch.cat([ranked[m].flatten() for m in modules]), target)
-                else:
-                    keep = _keep_mask_capped([ranked[m].flatten() for m in modules], target, cap)
-                offset = 0
-                for m in modules:
-                    n = ranked[m].numel()
-                    prune.custom_from_mask(
-                        m, "weight", keep[offset : offset + n].view_as(weight(m))
-                    )
-                    offset += n
-            else:
-                for m in modules:
-                    keep = _keep_mask(ranked[m].flatten(), target)
-                    prune.custom_from_mask(m, "weight", keep.view_as(weight(m)))
+            for m, keep in self.keep_masks(modules, ranked, target).items():
+                prune.custom_from_mask(m, "weight", keep.view_as(weight(m)))
         return model
+
+    def keep_masks(
+        self, modules: Sequence[nn.Module], ranked: Mapping[nn.Module, torch.Tensor], target: float
+    ) -> dict[nn.Module, torch.Tensor]:
+        """The masks (1: kept) of the layers that get one, from their scores ``ranked`` (already
+        pruned weights at ``-inf``; ``torch.nn.utils.prune`` also multiplies the new mask with
+        the old one): the ``N:M`` pattern, else the scope's ranking (class docstring)."""
+        nm = self.spec.nm
+        if nm is not None:
+            masks = {m: nm_keep_mask(ranked[m], *nm) for m in modules}
+            return {m: k for m, k in masks.items() if k is not None}
+        if self.spec.scope != "global":
+            return {m: _keep_mask(ranked[m].flatten(), target) for m in modules}
+        cap = self.args.max_layer if isinstance(self.args, MaskArgs) else None
+        if cap is None:
+            keep = _keep_mask(torch.cat([ranked[m].flatten() for m in modules]), target)
+        else:
+            keep = _keep_mask_capped([ranked[m].flatten() for m in modules], target, cap)
+        out, offset = {}, 0
+        for m in modules:
+            n = ranked[m].numel()
+            out[m] = keep[offset : offset + n]
+            offset += n
+        return out
 
     def finalize(self, model: nn.Module) -> nn.Module:
         return remove_masks(model)
@@ -549,6 +599,63 @@ def _keep_mask(scores: torch.Tensor, target: float) -> torch.Tensor:
     if n_prune:
         keep[torch.argsort(scores, stable=True)[:n_prune]] = 0
     return keep
+
+
+def row_length(module: nn.Module) -> int:
+    """The inputs ``d`` of one output row: a Linear's ``in_features``, a convolution's
+    ``in_channels / groups * prod(kernel_size)`` (its weight viewed as ``(out_channels, d)``)."""
+    w = weight(module)
+    return int(w[0].numel()) if w.shape[0] else 0
+
+
+def pattern_layers(
+    model: nn.Module, nm: tuple[int, int], ignore: Sequence[str] = ()
+) -> list[tuple[str, nn.Module]]:
+    """The layers an ``N:M`` pattern applies to: those of :func:`layers_to_prune` whose row
+    length (:func:`row_length`) is a multiple of ``M``; the others stay dense."""
+    return [(name, m) for name, m in layers_to_prune(model, ignore) if row_length(m) % nm[1] == 0]
+
+
+def nm_keep_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor | None:
+    """``N:M`` semi-structured keep mask (1: kept) of one layer's ``scores``.
+
+    The scores are viewed as ``(rows, d)`` (``scores.reshape(rows, -1)``: a convolution's
+    ``(in_channels, *kernel)`` entries in that C-contiguous, channel-major order, as
+    ``weight.reshape(out_channels, -1)`` lays them out) and every row is cut into ``d / m``
+    groups of ``m`` consecutive entries, the grouping of torch's 2:4 semi-structured format
+    along each row of a 2-D weight. In every group the ``m - n`` lowest scores are masked
+    (stable order: of equal scores the earlier entry goes first), so exactly ``n`` are kept.
+
+    Returns
+    -------
+    torch.Tensor or None
+        The mask, shaped like ``scores``; None when ``d`` is not a multiple of ``m`` (the layer
+        stays dense).
+    """
+    if not 0 < n < m:
+        raise ValueError(f"an N:M pattern needs 0 < N < M, got {n}:{m}")
+    rows = scores.shape[0]
+    flat = scores.reshape(rows, -1)
+    d = flat.shape[1]
+    if d % m:
+        return None
+    groups = flat.reshape(rows, d // m, m)
+    keep = torch.ones_like(groups)
+    keep.scatter_(-1, torch.argsort(groups, dim=-1, stable=True)[..., : m - n], 0)
+    return keep.reshape(scores.shape)
+
+
+def row_keep_mask(scores: torch.Tensor, target: float) -> torch.Tensor:
+    """Keep mask (1: kept) comparing the scores within each output row: every row of the
+    ``(rows, d)`` view (as :func:`nm_keep_mask`) loses its ``round(target * d)`` lowest scores
+    (stable order); shaped like ``scores``."""
+    rows = scores.shape[0]
+    flat = scores.reshape(rows, -1)
+    k = round(target * flat.shape[1])
+    keep = torch.ones_like(flat)
+    if k:
+        keep.scatter_(1, torch.argsort(flat, dim=1, stable=True)[:, :k], 0)
+    return keep.reshape(scores.shape)
 
 
 def schedule_targets(spec: PruneSpec) -> list[float]:

@@ -54,7 +54,7 @@ padding; anything else raises a ``ValueError`` naming the layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -170,9 +170,24 @@ def collect_inputs(
     """``X X^T`` of every layer's inputs over a forward pass of ``X`` (eval mode, no grad;
     named inputs passed as keyword arguments); ``X X^T`` is kept on the CPU."""
     stats = {m: InputStats(torch.zeros(_cols(m), _cols(m), dtype=torch.float64)) for m in layers}
+    stream_columns(model, layers, X, lambda m, cols: stats[m].add(cols), batch_size=batch_size)
+    return stats
+
+
+def stream_columns(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    X: Batch,
+    add: Callable[[nn.Module, torch.Tensor], None],
+    *,
+    batch_size: int = 256,
+) -> None:
+    """``add(layer, input_columns(layer, input))`` for every call of each of ``layers`` in a
+    forward pass of ``X`` in mini-batches of ``batch_size`` (eval mode, no grad; named inputs
+    passed as keyword arguments); the model's training flag is put back afterwards."""
 
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
-        stats[module].add(input_columns(module, args[0]))
+        add(module, input_columns(module, args[0]))
 
     handles = [m.register_forward_hook(hook) for m in layers]
     was_training = model.training
@@ -185,7 +200,6 @@ def collect_inputs(
         for h in handles:
             h.remove()
         model.train(was_training)
-    return stats
 
 
 def _cols(module: nn.Module) -> int:
@@ -446,7 +460,7 @@ class OBSPruner(Pruner):
             else:
                 masks = self._global_scope(layers, target)
             for layer, removed in zip(layers, masks, strict=True):
-                _apply(layer.module, obs_refit(layer.W, layer.H, ~removed), ~removed)
+                apply_weights(layer.module, obs_refit(layer.W, layer.H, ~removed), ~removed)
         return model
 
     def finalize(self, model: nn.Module) -> nn.Module:
@@ -485,8 +499,10 @@ class OBSPruner(Pruner):
         ]
 
 
-def _apply(module: nn.Module, W_hat: torch.Tensor, keep: torch.Tensor) -> None:
-    """Updated weights into ``weight_orig`` (or ``weight``), then the mask on top."""
+def apply_weights(module: nn.Module, W_hat: torch.Tensor, keep: torch.Tensor) -> None:
+    """Updated weights ``W_hat`` (any shape holding the weight's entries, such as the
+    ``(rows, d)`` matrix) into ``weight_orig`` (or ``weight``), then the mask ``keep`` on top
+    (``torch.nn.utils.prune`` multiplies it with a mask already there)."""
     target = module.weight_orig if hasattr(module, "weight_orig") else module.weight
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"{type(module).__name__} has no weight tensor")

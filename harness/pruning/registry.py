@@ -18,6 +18,8 @@ _BUILTIN_MODULES = (
     "harness.pruning.student",
     "harness.pruning.obd",
     "harness.pruning.obs",
+    "harness.pruning.wanda",
+    "harness.pruning.sparsegpt",
     "harness.pruning.lrp",
     "harness.pruning.energy_aware",
     "harness.pruning.auto",
@@ -42,6 +44,13 @@ CASE_OPTIONS: tuple[tuple[str, str, str], ...] = (
         "Zhu & Gupta 2017, To prune, or not to prune",
     ),
     (
+        'pattern = "N:M"',
+        "Semi-structured: keep N of every M consecutive input weights of each row (mask "
+        "methods, sparsegpt); sparsity = 1 - N/M.",
+        "Mishra et al. 2021, Accelerating Sparse Deep Neural Networks (2:4); "
+        "Zhou et al. 2021, Learning N:M Fine-grained Structured Sparse Neural Networks",
+    ),
+    (
         "distill = { temperature, alpha }",
         "Fine-tune the pruned student against the dense teacher's soft targets.",
         "Hinton et al. 2015, Distilling the Knowledge in a Neural Network",
@@ -50,6 +59,21 @@ CASE_OPTIONS: tuple[tuple[str, str, str], ...] = (
         'deploy = "csr"',
         "Linear layers at >= 90 % zeros run as torch sparse CSR matrices (measured latency).",
         "torch.sparse; Gale et al. 2020, Sparse GPU Kernels for Deep Learning",
+    ),
+    (
+        'deploy = "onnx"',
+        "Export to ONNX, run in ONNX Runtime (CPU); logits checked against torch's.",
+        "ONNX Runtime; extra prune-harness[onnx]",
+    ),
+    (
+        'deploy = "int8"',
+        "Linear layers in int8 (per-channel weights, per-row activations, exact int32 sums).",
+        "Jacob et al. 2018, Quantization and Training of Neural Networks for Integer Inference",
+    ),
+    (
+        'deploy = "2:4"',
+        "2:4 linear weights as semi-structured sparse tensors (CUDA >= 8.0; dense elsewhere).",
+        "Mishra et al. 2021, Accelerating Sparse Deep Neural Networks",
     ),
 )
 
