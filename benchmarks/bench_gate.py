@@ -928,7 +928,7 @@ def _plan(opts: argparse.Namespace, extra: list[str]) -> Plan:
             folds=2,
             fold_counts=(2, 3),
             case_counts=(1, 2),
-            gate=QUICK_GATE,
+            gate=tuple(opts.gate) if opts.gate else QUICK_GATE,
             mlflow=opts.mlflow,
             pytest_args=tuple(extra),
             quick=True,
@@ -941,7 +941,7 @@ def _plan(opts: argparse.Namespace, extra: list[str]) -> Plan:
         folds=None,
         fold_counts=(2, 4, 8),
         case_counts=(1, 2, 4),
-        gate=GATE,
+        gate=tuple(opts.gate) if opts.gate else GATE,
         mlflow=opts.mlflow,
         pytest_args=tuple(extra),
         quick=False,
@@ -959,6 +959,14 @@ def main() -> None:
     parser.add_argument("--gate-repeats", type=int, default=None, help="gate repetitions (1)")
     parser.add_argument(
         "--mlflow", action="store_true", help="also time the gate with MLflow logging"
+    )
+    parser.add_argument(
+        "--gate",
+        nargs="+",
+        default=None,
+        metavar="NODE",
+        help="the gate of sections 2-3 (default: four cases; `--gate suites`: the whole "
+        "reference gate, about 20 minutes on 2 cores)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write the figures as markdown")
     opts, extra = parser.parse_known_args()

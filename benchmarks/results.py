@@ -287,7 +287,67 @@ def _markdown(sections: list[tuple[Bench, list[dict[str, Any]]]], folds: int) ->
                 f"| {r['latency_ms']:.4f} | {r['speedup']:.2f} | {r['speedup_batch']:.2f} "
                 f"| {r['energy_nj']:,.0f} | {front} |"
             )
+        lines += _comparison(rows)
     return "\n".join(lines) + "\n"
+
+
+def _comparison(rows: list[dict[str, Any]]) -> list[str]:
+    """What a one-shot bench says, computed from its rows: each one-shot method's macro-F1
+    against magnitude's at 50 % and at 2:4, and what fine-tuning and the runtimes change."""
+    f1 = {r["technique"]: r for r in rows}
+    if "wanda" not in f1 or "magnitude (global)" not in f1:
+        return []
+
+    def vs(label: str, ref: str) -> str:
+        d = f1[label]["f1"] - f1[ref]["f1"]
+        return f"{label} {f1[label]['f1']:.4f} ({d:+.4f})"
+
+    said = ["", "What these rows say (computed from them):", ""]
+    at50 = [
+        t for t in ("magnitude (per layer)", "obs (layer-wise)", "wanda", "sparsegpt") if t in f1
+    ]
+    said.append(
+        f"- 50 % unstructured, one shot, against magnitude (global) "
+        f"{f1['magnitude (global)']['f1']:.4f}: "
+        + "; ".join(vs(t, "magnitude (global)") for t in at50)
+        + "."
+    )
+    if "magnitude 2:4" in f1:
+        at24 = [t for t in ("wanda 2:4", "sparsegpt 2:4") if t in f1]
+        said.append(
+            f"- 2:4, one shot, against magnitude 2:4 {f1['magnitude 2:4']['f1']:.4f}: "
+            + "; ".join(vs(t, "magnitude 2:4") for t in at24)
+            + f"; 2:4 against 50 % unstructured costs magnitude "
+            f"{f1['magnitude 2:4']['f1'] - f1['magnitude (global)']['f1']:+.4f}."
+        )
+        tuned = [
+            t
+            for t in (
+                "magnitude 2:4 + fine-tune",
+                "wanda 2:4 + fine-tune",
+                "sparsegpt 2:4 + fine-tune",
+            )
+            if t in f1
+        ]
+        if tuned:
+            said.append(
+                "- 2:4 fine-tuned, against the same method one shot: "
+                + "; ".join(vs(t, t.removesuffix(" + fine-tune")) for t in tuned)
+                + f" (dense {rows[0]['dense_f1']:.4f})."
+            )
+    runtimes = [t for t in ("magnitude, ONNX Runtime", "magnitude, int8") if t in f1]
+    if runtimes:
+        said.append(
+            "- Deployed (magnitude 50 %, speedup = the dense model in the same runtime over the "
+            "pruned one, batch 256): "
+            + "; ".join(
+                f"{t.removeprefix('magnitude, ')} macro-F1 {f1[t]['f1']:.4f}, speedup "
+                f"{f1[t]['speedup_batch']:.2f}x"
+                for t in runtimes
+            )
+            + f"; torch dense kernels {f1['magnitude (global)']['speedup_batch']:.2f}x."
+        )
+    return said
 
 
 MARKERS = "osD^v<>ph*"

@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from harness._util import HarnessError
+from harness.spec import nm_pattern
 
 __all__ = [
     "DEPLOY_RTOL",
@@ -441,7 +442,7 @@ def check(kind: str, *, device: str = "cpu", pattern: str | None = None) -> str 
             return f'runs on the CPU (int8 products of torch._int_mm); the device is "{device}"'
         return None
     if kind == "2:4":
-        if pattern != "2:4":
+        if nm_pattern(pattern) != (2, 4):
             return f'needs prune.pattern = "2:4" (the case prunes with pattern = {pattern!r})'
         return None
     return f'unknown deployment (known: "csr", "onnx", "int8", "2:4"), not {kind!r}'
@@ -660,8 +661,17 @@ def to_onnx(model: nn.Module, example: Any, *, threads: int = 1) -> OnnxModule:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             errors.append(f"{exporter.__doc__}: {first[:200]}")
             continue
-        if data is not None:
-            return OnnxModule(source, data, names, threads=threads)
+        if data is None:
+            continue
+        deployed = OnnxModule(source, data, names, threads=threads)
+        try:  # ONNX Runtime loads and runs the graph now: a failure is this one line, not later
+            with torch.inference_mode():
+                deployed(*args)
+        except Exception as err:  # an opset or operator this onnxruntime lacks, a bad graph
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            errors.append(f"{exporter.__doc__}: onnxruntime cannot run it: {first[:200]}")
+            continue
+        return deployed
     raise DeployError(f"ONNX export failed ({'; '.join(errors) or 'no exporter'})")
 
 

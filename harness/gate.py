@@ -9,7 +9,7 @@ from typing import Any
 
 from harness.baseline import Baseline, BaselineStore, same_hardware
 from harness.fronts import behind, pareto_front
-from harness.metricnames import Direction, MetricRef, parse, rule_target
+from harness.metricnames import Direction, MetricRef, parse, rule_target, speedup_vs_flops
 from harness.numerics import reproducible
 from harness.results import CaseResult, Check, Remedy, Status, Verdict, fmt
 from harness.spec import FrontSpec, RuleSpec
@@ -33,32 +33,6 @@ CROSS_HARDWARE_ALPHA = 0.05
 CROSS_HARDWARE_PREFIX = "hardware differs from the baseline's"
 MISSING_IN_BASELINE = "missing in the baseline"  # Check.note of a gated metric the baseline lacks
 FRONT_KEY = "front"  # Check.key of the [gate.front] rule
-
-
-def speedup_vs_flops(speedup: float, flops_pruned: float, flops_dense: float) -> float:
-    """How much of the FLOPs reduction shows up as speed, as the exponent ``e`` of
-    ``speedup = (flops_dense / flops_pruned) ** e``: ``log(speedup) / log(flops factor)``.
-
-    1 where the latency fell as much as the FLOPs did, 0 where it did not move, below 0 where
-    the pruned model is slower, above 1 where it fell more. On a log scale because a latency
-    that did not move must read the same whatever the FLOPs factor: the plain ratio
-    ``speedup / factor`` puts it at ``1 - flops_reduction``, so any fixed bound sits on the
-    latency noise of some sparsity (at 50 %, 1.00x against 2x fewer FLOPs reads 0.50, flagged
-    on one run and not the next by a bound of 0.5); here it reads 0 +- noise / log(factor), far
-    from the flag's 0.5 wherever the flag applies. ``speedup`` is the
-    runner's ``speedup_batch`` (p50 latency dense / pruned at the latency batch, same run): at
-    batch 1 the latency of a small model is per-call overhead that no pruning removes, so even
-    structured pruning that really runs fewer operations reads as ~1x there (docs/results.md:
-    the digits MLP at 75 % of its neurons removed, 4x fewer FLOPs: 1.15x at batch 1, 2.5x at
-    batch 256). Without a FLOPs reduction (``flops_pruned >= flops_dense``, or a dense model
-    without counted FLOPs) it is 1.0, neutral: there is no saving to compare with; a model with
-    zero FLOPs left (an infinite factor) gives 0.0.
-    """
-    if flops_dense <= 0 or flops_pruned >= flops_dense:
-        return 1.0
-    if flops_pruned <= 0 or not speedup > 0 or not math.isfinite(speedup):
-        return 0.0
-    return float(math.log(speedup) / math.log(flops_dense / flops_pruned))
 
 
 @dataclass(frozen=True)
@@ -339,6 +313,17 @@ def front_check(spec: FrontSpec, result: CaseResult, peers: Sequence[Baseline]) 
 
     if q_now is None or c_now is None:
         return skip(f"{spec.quality if q_now is None else spec.cost} was not measured")
+    if not (math.isfinite(q_now) and math.isfinite(c_now)):
+        return Check(
+            FRONT_KEY,
+            spec.quality,
+            None,
+            q_now,
+            "finite",
+            rule,
+            False,
+            f"{spec.quality} = {q_now}, {spec.cost} = {c_now}: not a point of a front",
+        )
     peers = [
         p
         for p in peers
@@ -358,7 +343,10 @@ def front_check(spec: FrontSpec, result: CaseResult, peers: Sequence[Baseline]) 
     named = [
         (p.case, sq * q, sc * c)
         for p in peers
-        if (q := p.value(spec.quality)) is not None and (c := p.value(spec.cost)) is not None
+        if (q := p.value(spec.quality)) is not None
+        and (c := p.value(spec.cost)) is not None
+        and math.isfinite(q)
+        and math.isfinite(c)
     ]
     if not named:
         return skip(f"no other case's baseline has {spec.quality} and {spec.cost}")
@@ -529,8 +517,8 @@ def evaluate(
     accelerated = result.metrics.get("deploy_accelerated_layers")
     if accelerated is not None and accelerated.mean == 0:  # deploy = "2:4" without a kernel
         notes.append(
-            "deploy: no layer ran in the runtime's sparse kernels on this device (no kernel "
-            "accelerates the pattern here): the deployed model ran dense"
+            "deploy: no layer ran in the runtime's own kernels on this device (for 2:4: no "
+            "kernel accelerates the pattern here): the deployed model ran as the torch model"
         )
     flagged = tuple(replace(c, note=flag_note(c, result)) if c.flagged else c for c in checks)
     notes.extend(c.note for c in flagged if c.flagged)

@@ -26,8 +26,7 @@ from harness.cache import DiskCache, Entry
 from harness.data import Dataset, Fold, load_dataset, make_folds
 from harness.data.split import TestSplit, bootstrap_mean_ci, split_test
 from harness.executors import Executor, Resources, SerialExecutor
-from harness.gate import speedup_vs_flops
-from harness.metricnames import MODELS, MetricRef, model_names
+from harness.metricnames import MODELS, MetricRef, model_names, speedup_vs_flops
 from harness.models import (
     build,
     checkpoint_digest,
@@ -913,8 +912,8 @@ def fold_job(job: FoldJob) -> FoldResult:
                 raise CaseError(f"fold {job.fold}: pruned model's {err}") from None
     assert result.pruned is not None
     state = (
-        {k: v.detach().cpu() for k, v in result.pruned.state_dict().items()}
-        if job.keep_model
+        {k: v.detach().cpu() for k, v in _torch_model(result.pruned).state_dict().items()}
+        if job.keep_model  # a deployed model's torch model: it loads into the suite's model
         else None
     )
     result = dataclasses.replace(result, pruned=None, pruned_state=state)

@@ -188,10 +188,10 @@ def nm_pattern(value: str | None) -> tuple[int, int] | None:
     """``(N, M)`` of an ``"N:M"`` pattern string; None for None or anything malformed."""
     if value is None:
         return None
-    parts = value.strip().split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    found = re.fullmatch(r"\s*(\d{1,3})\s*:\s*(\d{1,3})\s*", value, re.ASCII)
+    if found is None:
         return None
-    n, m = int(parts[0]), int(parts[1])
+    n, m = int(found[1]), int(found[2])
     return (n, m) if 0 < n < m <= 64 else None
 
 

@@ -28,6 +28,7 @@ from harness.deploy import (
     Int8Linear,
     Int8Module,
     OnnxModule,
+    check,
     counted,
     deploy,
     deploy_metrics,
@@ -404,3 +405,8 @@ def test_a_deployment_that_cannot_run_is_one_line_at_the_case_key() -> None:
         run_case(suite, suite.cases[0])
     assert str(err.value).startswith("<deploy>: case[c].deploy = '2:4': needs prune.pattern")
     assert "\n" not in str(err.value)
+
+
+def test_2_4_accepts_the_pattern_however_it_is_spaced() -> None:
+    assert check("2:4", pattern=" 2 : 4") is None
+    assert check("2:4", pattern="1:4") is not None  # another pattern: refused, named

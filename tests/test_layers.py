@@ -27,6 +27,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "harness.results",
         "harness.provenance",
         "harness.shard",
+        "harness.fronts",
     ),
     "ml parts": (
         "harness._child",

@@ -240,3 +240,20 @@ def test_resolution_names_the_file_and_the_case_key_of_a_refused_pattern(tmp_pat
     assert info.value.key == "case[c].prune.pattern"
     assert str(info.value).startswith(f"{source}: case[c].prune.pattern = '2:4': structured ")
     assert resolve(suite("magnitude")).cases[0].prune.nm == (2, 4)
+
+
+def test_the_methods_named_as_taking_a_pattern_are_the_registrys() -> None:
+    from harness.pruning import registry
+    from harness.pruning.base import PATTERN_METHODS
+
+    able = {n for n in registry.names() if registry.get(n).patterns}
+    assert set(PATTERN_METHODS) == able
+
+
+def test_max_layer_with_a_pattern_is_refused_in_one_line() -> None:
+    from harness.pruning import registry
+    from harness.spec import PruneSpec, SpecError
+
+    spec = PruneSpec("magnitude", 0.5, pattern="2:4", args={"max_layer": 0.9})
+    with pytest.raises(SpecError, match=r"prune\.args\.max_layer = 0\.9: does not apply"):
+        registry.get("magnitude").parse_spec(spec)

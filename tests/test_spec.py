@@ -424,6 +424,13 @@ GOLDEN_SPEC_HASHES: dict[str, dict[str, str]] = {
         "snip-90": "ed3fb56a10401273",
         "structured-50": "39128d90f3dbf6b5",
         "structured-taylor-60": "d149cc6788016812",
+        "wanda-50": "c55a69dffb1a3d21",
+        "sparsegpt-50": "a835756781f9fbdd",
+        "magnitude-2of4": "f9944f3fb180332d",
+        "wanda-2of4": "945cfdaa2fbb0653",
+        "sparsegpt-2of4": "73b8cb1b06d6a2ca",
+        "magnitude-50-onnx": "3b12976983c710de",
+        "magnitude-50-int8": "de9fc881ac358c16",
         "student-80": "c7798adc1e48b783",
         "taylor-90": "21f6036b24fd1436",
     },
@@ -449,6 +456,8 @@ GOLDEN_SPEC_HASHES: dict[str, dict[str, str]] = {
         "magnitude-70": "6bf0c62100a784bd",
         "structured-50": "d4df7bf614e732c1",
         "structured-taylor-50": "d898fe86e45b6a04",
+        "wanda-50": "168a4eef2cc62bb7",
+        "sparsegpt-2of4": "8316065ea787792d",
     },
 }
 
@@ -797,6 +806,11 @@ BAD: dict[str, tuple[dict, str, str]] = {
         {("case", 0, "prune", "pattern"): "2-4"},
         "case[mag-50].prune.pattern",
         "'2-4'",
+    ),
+    "pattern-unicode-digits": (
+        {("case", 0, "prune", "pattern"): "\u00b2:4"},
+        "case[mag-50].prune.pattern",
+        "'\u00b2:4'",
     ),
     "pattern-n-not-below-m": (
         {("case", 0, "prune", "pattern"): "4:4"},

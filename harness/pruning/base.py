@@ -355,6 +355,11 @@ def remove_masks(model: nn.Module) -> nn.Module:
 # Pruners
 
 
+# The built-in techniques that take ``prune.pattern``, sorted (their ``patterns`` is True; a
+# test checks the list against the registry): named here, since the registry imports this module.
+PATTERN_METHODS = ("l1", "l2", "magnitude", "obd", "snip", "sparsegpt", "taylor", "wanda")
+
+
 class Pruner(ABC):
     """One pruning technique. Subclasses set ``name``, ``summary``, ``reference`` and ``Args``
     (and annotate ``args`` with it)."""
@@ -414,15 +419,12 @@ class Pruner(ABC):
         if spec.pattern is None:
             return
         if not cls.patterns:
-            from harness.pruning import registry
-
-            able = [n for n in registry.names() if registry.get(n).patterns]
             kind = "a structured method, it removes whole units" if cls.structured else ""
             yield (
                 "pattern",
                 spec.pattern,
                 f"{cls.name} cannot prune to an N:M pattern{f' ({kind})' if kind else ''}; "
-                f"methods that can: {', '.join(able)}",
+                f"methods that can: {', '.join(PATTERN_METHODS)}",
             )
         elif spec.schedule != "oneshot":
             yield "schedule", spec.schedule, f'must be "oneshot" with pattern = {spec.pattern!r}'
@@ -502,7 +504,9 @@ class MaskPruner(Pruner):
     @classmethod
     def spec_problems(cls, spec: PruneSpec, args: PrunerArgs) -> Problems:
         cap = args.max_layer if isinstance(args, MaskArgs) else None
-        if cap is not None and cap < spec.sparsity:
+        if cap is not None and spec.pattern is not None:
+            yield "args.max_layer", cap, f"does not apply with pattern = {spec.pattern!r}"
+        elif cap is not None and cap < spec.sparsity:
             yield "args.max_layer", cap, f"must be in [sparsity, 1] (sparsity = {spec.sparsity})"
 
     def scores(self, model: nn.Module, ctx: PruneContext) -> Mapping[nn.Module, torch.Tensor]:

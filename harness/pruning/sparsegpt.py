@@ -116,7 +116,10 @@ def inverse_factor(H: torch.Tensor) -> torch.Tensor:
     L, info = torch.linalg.cholesky_ex(H64)
     if int(info):
         raise ValueError("the Hessian is not positive definite (raise damp)")
-    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+    if int(info):
+        raise ValueError("the inverse Hessian is not positive definite (raise damp)")
+    return U
 
 
 def sparsegpt_prune(
