@@ -434,12 +434,11 @@ def missing_runtime(kind: str) -> str | None:
 def check(kind: str, *, device: str = "cpu", pattern: str | None = None) -> str | None:
     """Why ``deploy = kind`` cannot run for a case pruned with ``pattern`` on ``device``, or
     None. ``"2:4"`` needs ``prune.pattern = "2:4"`` (it ships the pattern the pruner made; any
-    device: without a kernel the model runs dense); ``"int8"`` runs on the CPU."""
+    device: without a kernel the model runs dense); ``"int8"`` runs on the CPU on any device
+    (:class:`Int8Module` copies its inputs there and its logits back)."""
     if kind in ("csr", "onnx"):
         return missing_runtime(kind)
     if kind == "int8":
-        if device != "cpu":
-            return f'runs on the CPU (int8 products of torch._int_mm); the device is "{device}"'
         return None
     if kind == "2:4":
         if nm_pattern(pattern) != (2, 4):
@@ -911,12 +910,20 @@ class Int8Module(Deployed):
         return self.layers
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.quantized(*args, **kwargs)
+        """The int8 model on the CPU (its kernels are the CPU's, whatever the suite's device):
+        tensors from another device are copied to the CPU and the logits back to it."""
+        found = [v.device for v in (*args, *kwargs.values()) if isinstance(v, Tensor)]
+        device = found[0] if found else None
+        if device is None or device.type == "cpu":
+            return self.quantized(*args, **kwargs)
+        cpu = [a.cpu() if isinstance(a, Tensor) else a for a in args]
+        named = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+        return self.quantized(*cpu, **named).to(device)
 
 
 def to_int8(model: nn.Module) -> Int8Module:
     """``model`` (pruning masks folded) with its linear layers in int8 (:class:`Int8Module`)."""
-    return Int8Module(_folded(model).cpu())
+    return Int8Module(_folded(model))  # the source stays on its device; the int8 copy: CPU
 
 
 # -- 2:4 semi-structured sparsity
