@@ -356,3 +356,19 @@ def test_output_of_the_called_code_does_not_break_the_child_protocol() -> None:
         assert child.call(_noisy) == "answer"
     finally:
         child.close()
+
+
+def test_the_nox_tests_session_clears_every_numerics_variable() -> None:
+    """noxfile.py names the variables it clears for the harness's own tests by hand (nox's
+    Python has no harness to import): they are exactly harness.numerics.VARIABLES."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "noxfile.py").read_text())
+    (names,) = [
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(getattr(t, "id", "") == "NUMERICS_VARIABLES" for t in node.targets)
+    ]
+    assert set(names) == set(numerics.VARIABLES)
