@@ -77,9 +77,9 @@ class Baseline:
 
 
 def same_hardware(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether latencies compare: the same machine type, CPU, core and thread counts and device
-    (the CPU when none is recorded)."""
-    keys = ("machine", "cpu", "cpu_count", "threads")
+    """Whether latencies compare: the same machine type, CPU (name and id: family, model,
+    stepping), core and thread counts and device (the CPU when none is recorded)."""
+    keys = ("machine", "cpu", "cpu_id", "cpu_count", "threads")
     return all(a.get(k) == b.get(k) for k in keys) and a.get("device", "cpu") == b.get(
         "device", "cpu"
     )

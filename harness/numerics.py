@@ -273,8 +273,15 @@ def reproducible(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
         diffs.append(f"device {fa.get('device', 'cpu')} vs {fb.get('device', 'cpu')}")
     na, nb = fa.get("numerics", {}), fb.get("numerics", {})
     portable = na.get("mode") == nb.get("mode") == "portable"
-    if na.get("variables") != nb.get("variables"):
-        diffs.append(f"numerics {_numerics_text(na)} vs {_numerics_text(nb)}")
+    va, vb = na.get("variables") or {}, nb.get("variables") or {}
+    if va != vb:
+        changed = ", ".join(
+            f"{k}={va.get(k, '(unset)')} vs {vb.get(k, '(unset)')}"
+            for k in sorted(set(va) | set(vb))
+            if va.get(k) != vb.get(k)
+        )
+        ta, tb = _numerics_text(na), _numerics_text(nb)
+        diffs.append(f"numerics {ta} vs {tb}" + (f": {changed}" if ta == tb else ""))
     elif not portable and fa.get("cpu") != fb.get("cpu"):
         diffs.append(f"native numerics on {fa.get('cpu')} vs {fb.get('cpu')}")
     if not diffs:

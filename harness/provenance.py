@@ -25,11 +25,33 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_id(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's vendor, family, model and stepping (``AuthenticAMD 26/2/1``), or ``""`` where
+    ``/proc/cpuinfo`` does not say. Virtual machines often report a bare ``model name`` (``AMD
+    EPYC``) for CPUs of different generations, whose kernels time differently: latencies compare
+    only between machines whose ids agree (:func:`harness.baseline.same_hardware`)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if not key and fields:
+                break  # the first processor's block is enough
+            if key in ("vendor_id", "cpu family", "model", "stepping"):
+                fields.setdefault(key, value.strip())
+    except OSError:
+        return ""
+    if "vendor_id" not in fields:
+        return ""
+    numbers = "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping"))
+    return f"{fields['vendor_id']} {numbers}"
+
+
 def environment(threads: int, *, device: str = "cpu") -> dict[str, Any]:
     """The environment stored with a result and its baseline. ``hardware`` (architecture, CPU,
     instruction-set level, numerics, torch build, threads) decides whether quality metrics are
     expected to be bit-identical (:func:`harness.numerics.reproducible`); ``machine``, ``cpu``,
-    ``cpu_count`` and ``threads`` whether latencies compare
+    ``cpu_id``, ``cpu_count`` and ``threads`` whether latencies compare
     (:func:`harness.baseline.same_hardware`). ``device`` names the accelerator models ran on
     (``cuda NVIDIA H200``; recorded in ``hardware`` when it is not the CPU)."""
     import torch
@@ -50,6 +72,7 @@ def environment(threads: int, *, device: str = "cpu") -> dict[str, Any]:
         "platform": platform.platform(terse=True),
         "machine": platform.machine(),
         "cpu": cpu,
+        **({"cpu_id": ident} if (ident := cpu_id()) else {}),
         "cpu_count": os.cpu_count(),
         "threads": threads,
         **({"device": device} if device != "cpu" else {}),

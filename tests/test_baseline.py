@@ -23,6 +23,7 @@ from harness.baseline import (
     git_commit,
     same_hardware,
 )
+from harness.provenance import cpu_id
 from harness.runner import CaseResult, MetricSummary
 
 
@@ -283,9 +284,25 @@ def test_same_hardware() -> None:
     other_software = {**env, "python": "0.0", "torch": "0.0", "packages": {}}
     assert same_hardware(env, other_software)
     assert not same_hardware(env, environment(2))  # thread count is part of the hardware
-    for key, value in (("cpu", "Another CPU"), ("machine", "riscv"), ("cpu_count", 999)):
+    for key, value in (
+        ("cpu", "Another CPU"),
+        ("cpu_id", "GenuineIntel 6/143/8"),  # a bare "AMD EPYC" names several generations
+        ("machine", "riscv"),
+        ("cpu_count", 999),
+    ):
         assert not same_hardware(env, {**env, key: value})
     assert not same_hardware(env, {})
+
+
+def test_cpu_id_reads_the_first_processor(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    block = "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+    info.write_text(
+        block.format(n=0) + "model name\t: AMD EPYC\nstepping\t: 1\n\n" + block.format(n=1)
+    )
+    assert cpu_id(info) == "AuthenticAMD 25/1/1"
+    info.write_text("processor\t: 0\nmodel name\t: Some ARM core\n")
+    assert cpu_id(info) == ""  # no vendor: no id, and the key is left out
 
 
 def test_an_obtained_file_cannot_overwrite_another_cases_baseline(tmp_path: Path) -> None:

@@ -411,7 +411,9 @@ def test_only_dense_or_absolute_failures_do_not_suggest_regen() -> None:
 
 
 def _other_cpu() -> dict[str, Any]:
-    return {**environment(1), "cpu": "Other CPU 9000"}
+    env = {**environment(1), "cpu": "Other CPU 9000"}
+    env.pop("cpu_id", None)  # a machine whose /proc/cpuinfo names no vendor
+    return env
 
 
 def test_latency_vs_baseline_on_other_hardware_is_skipped_visibly() -> None:
@@ -429,6 +431,33 @@ def test_latency_vs_baseline_on_other_hardware_is_skipped_visibly() -> None:
     same = _evaluate(NOW, _baseline(base), rule)
     assert same.status is Status.REGRESSED
     assert same.lines()[0].startswith("pruned.latency_ms_p50: baseline 0.1000, now 0.8000")
+
+
+def test_timing_bounds_on_other_hardware_flag_instead_of_failing() -> None:
+    # a same-run speedup bound holds on the hardware it was written for; a runner of another
+    # CPU generation ("AMD EPYC" both, other family/model) can time the same kernels apart
+    now = dict(NOW, **{"speedup_batch": 1.04, "pruned.f1_macro": 0.70})
+    rules = (
+        RuleSpec("speedup_batch", min=1.15),
+        RuleSpec("vs_dense.latency_batch_ms_p50", max_rel_drop=0.0),  # no slower than dense
+        RuleSpec("pruned.f1_macro", min=0.8),  # quality: hardware-independent, still fails
+    )
+    now["dense.latency_batch_ms_p50"], now["pruned.latency_batch_ms_p50"] = 10.0, 10.5
+    other = {**environment(1), "cpu_id": "AuthenticAMD 23/49/0"}
+    verdict = _evaluate(now, _baseline(now, env=other), *rules)
+    assert verdict.status is Status.REGRESSED
+    assert [c.key for c in verdict.failed] == ["pruned.f1_macro"]
+    flags = [c for c in verdict.checks if c.flagged]
+    assert [c.key for c in flags] == ["speedup_batch", "vs_dense.latency_batch_ms_p50"]
+    assert all("the baseline was measured on other hardware" in c.rule for c in flags)
+    assert any(n.startswith("flag: speedup_batch: now 1.0400") for n in verdict.notes)
+    # on the baseline's hardware the same bounds fail the case
+    same = _evaluate(now, _baseline(now), *rules)
+    assert [c.key for c in same.failed] == [
+        "speedup_batch",
+        "vs_dense.latency_batch_ms_p50",
+        "pruned.f1_macro",
+    ]
 
 
 def test_other_hardware_still_compares_hardware_independent_metrics() -> None:

@@ -129,6 +129,10 @@ def test_reproducible_across_cpus_only_in_portable_mode() -> None:
     assert other == "native numerics on Intel Xeon vs AMD EPYC"
     mixed = reproducible(_env(numerics=native), _env())
     assert mixed == "numerics native (x86-64-v4) vs portable (x86-64-v3)"
+    machine_set = {"mode": "portable", "level": "x86-64-v3", "variables": {**PINS, "X": "1"}}
+    assert reproducible(_env(), _env(numerics=machine_set)) == (
+        "numerics portable (x86-64-v3) vs portable (x86-64-v3): X=(unset) vs 1"
+    )  # the same mode and level: the variable that differs is named
     assert reproducible(_env(), _env(arch="arm64")) == "architecture x86_64 vs arm64"
     assert reproducible(_env(), _env(torch="2.14.1")) == "torch 2.13.0+cpu (abc) vs 2.14.1"
     old = reproducible({"cpu": "Intel Xeon"}, _env())
