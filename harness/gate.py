@@ -388,8 +388,18 @@ def front_check(spec: FrontSpec, result: CaseResult, peers: Sequence[Baseline]) 
     return Check(FRONT_KEY, spec.quality, sq * best, q_now, allowed, rule, hit is None, test=test)
 
 
-def _cpu(env: dict[str, Any]) -> Any:
-    return (env.get("hardware") or {}).get("cpu", env.get("cpu"))
+def _cpu(env: dict[str, Any]) -> str:
+    """The CPU a result's numerics ran on, in words: the fingerprint's name, and the id where
+    recorded (a bare ``AMD EPYC`` names several generations)."""
+    name = (env.get("hardware") or {}).get("cpu", env.get("cpu"))
+    ident = env.get("cpu_id")
+    return f"{name} [{ident}]" if ident else f"{name}"
+
+
+def _named(env: dict[str, Any]) -> str:
+    """The CPU latencies were measured on (:func:`same_hardware`'s name and id), in words."""
+    ident = env.get("cpu_id")
+    return f"{env.get('cpu')}" + (f" [{ident}]" if ident else "")
 
 
 def _dense_moved(result: CaseResult, baseline: Baseline) -> bool:
@@ -440,10 +450,8 @@ def evaluate(
     env = result.env
     hardware_note = ""
     if baseline is not None and not same_hardware(baseline.env, env):
-        ident = baseline.env.get("cpu_id")
-        cpu = f"{baseline.env.get('cpu')}" + (f" [{ident}]" if ident else "")
         hardware_note = (
-            f"skipped: baseline measured on other hardware ({cpu},"
+            f"skipped: baseline measured on other hardware ({_named(baseline.env)},"
             f" {baseline.env.get('threads')} threads); compare same-run speedup"
         )
     data_changed = (
