@@ -218,6 +218,16 @@ def test_methods_that_cannot_take_a_pattern_refuse_it_in_one_line() -> None:
         )
 
 
+def test_an_unstructured_method_refusing_a_pattern_says_why_and_what_to_use() -> None:
+    with pytest.raises(SpecError) as info:
+        create(PruneSpec("obs", 0.5, pattern="2:4"))
+    assert "obs cannot prune to an N:M pattern (OBC's greedy sweep" in info.value.problem
+    assert "sparsegpt is the OBS update with N:M masks" in info.value.problem
+    with pytest.raises(SpecError) as info:
+        create(PruneSpec("auto", 0.5, pattern="2:4"))
+    assert "(it allocates a sparsity per layer" in info.value.problem
+
+
 def test_resolution_names_the_file_and_the_case_key_of_a_refused_pattern(tmp_path: Path) -> None:
     from harness.resolution import resolve
     from harness.spec import suite_from_dict

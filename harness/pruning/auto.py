@@ -380,6 +380,7 @@ class AutoPruner(Pruner):
     layer-wise magnitude masks (see the module docstring). Latency is not a budget: zeros in
     dense kernels do not make them faster."""
 
+    no_pattern = "it allocates a sparsity per layer, N:M fixes one for every layer"
     name = "auto"
     summary = (
         "Unstructured: magnitude masks with per-layer rates allocated from sensitivity curves "

@@ -374,6 +374,8 @@ class Pruner(ABC):
     # True: the technique prunes to ``prune.pattern = "N:M"`` (N of every M consecutive input
     # weights of a row kept, :func:`nm_keep_mask`); the others refuse a pattern
     patterns: ClassVar[bool] = False
+    # why a technique refuses a pattern, in its refusal (structured ones say so by default)
+    no_pattern: ClassVar[str] = ""
     Args: ClassVar[type[PrunerArgs]] = PrunerArgs
     args: PrunerArgs
 
@@ -419,7 +421,9 @@ class Pruner(ABC):
         if spec.pattern is None:
             return
         if not cls.patterns:
-            kind = "a structured method, it removes whole units" if cls.structured else ""
+            kind = cls.no_pattern or (
+                "a structured method, it removes whole units" if cls.structured else ""
+            )
             yield (
                 "pattern",
                 spec.pattern,

@@ -412,6 +412,10 @@ class OBSPruner(Pruner):
         "Hassibi & Stork 1993, Second order derivatives for network pruning: Optimal Brain "
         "Surgeon; Frantar & Alistarh 2022, Optimal Brain Compression"
     )
+    no_pattern = (
+        "OBC's greedy sweep removes one weight per row at a time; sparsegpt is the OBS update"
+        " with N:M masks"
+    )
     Args = OBSArgs
     args: OBSArgs
 
