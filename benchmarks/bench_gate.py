@@ -337,9 +337,11 @@ def hand_loop(suite: SuiteSpec, case: CaseSpec, *, measure: bool = False) -> Cas
 
     assert case.finetune is not None  # _loop_problem checked it
     train_s = measure_s = latency_s = 0.0
-    measured: list[dict[str, float]] = []
+    measured: list[dict[str, float]] = []  # kept, as the harness keeps its metrics
 
-    def stats(model: nn.Module, X: torch.Tensor, y: np.ndarray, X_tr: torch.Tensor) -> None:
+    def stats(
+        model: nn.Module, X: torch.Tensor, y: np.ndarray, X_tr: torch.Tensor, y_tr: np.ndarray
+    ) -> None:
         nonlocal measure_s
         start = time.perf_counter()
         with torch.inference_mode():
@@ -353,7 +355,7 @@ def hand_loop(suite: SuiteSpec, case: CaseSpec, *, measure: bool = False) -> Cas
             tag = "class" if average is None else "macro"
             for name, v in (("precision", p), ("recall", r), ("f1", f)):
                 out.update({f"{name}_{tag}_{i}": float(x) for i, x in enumerate(np.atleast_1d(v))})
-        out["train_accuracy"] = float((train_pred == y_train).mean())
+        out["train_accuracy"] = float((train_pred == y_tr).mean())
         out["params"] = float(sum(q.numel() for q in model.parameters()))
         out["nonzero"] = float(sum(int(torch.count_nonzero(q)) for q in model.parameters()))
         counter = FlopCounterMode(display=False)
@@ -432,10 +434,9 @@ def hand_loop(suite: SuiteSpec, case: CaseSpec, *, measure: bool = False) -> Cas
             model = mlp(X.shape[1], n_classes, **suite.model_args)
             train(model, X_tr, y_tr, suite.train, seed)
             dense_f1.append(f1(model, X_va, y[va]))
-            y_train = y[tr]
             if measure:
                 dense = copy.deepcopy(model)
-                stats(dense, X_va, y[va], X_tr)
+                stats(dense, X_va, y[va], X_tr, y[tr])
             params = [(m, "weight") for m in model.modules() if isinstance(m, nn.Linear)]
             if case.prune.scope == "global":
                 prune.global_unstructured(
@@ -449,7 +450,7 @@ def hand_loop(suite: SuiteSpec, case: CaseSpec, *, measure: bool = False) -> Cas
                 prune.remove(m, name)
             pruned_f1.append(f1(model, X_va, y[va]))
             if measure:
-                stats(model, X_va, y[va], X_tr)
+                stats(model, X_va, y[va], X_tr, y[tr])
                 latency([dense, model], X_va)
     finally:
         torch.set_num_threads(old_threads)

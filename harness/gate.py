@@ -388,18 +388,13 @@ def front_check(spec: FrontSpec, result: CaseResult, peers: Sequence[Baseline]) 
     return Check(FRONT_KEY, spec.quality, sq * best, q_now, allowed, rule, hit is None, test=test)
 
 
-def _cpu(env: dict[str, Any]) -> str:
-    """The CPU a result's numerics ran on, in words: the fingerprint's name, and the id where
-    recorded (a bare ``AMD EPYC`` names several generations)."""
-    name = (env.get("hardware") or {}).get("cpu", env.get("cpu"))
+def _cpu(env: dict[str, Any], *, numerics: bool = True) -> str:
+    """A result's CPU in words, with its id where recorded (a bare ``AMD EPYC`` names several
+    generations): the fingerprint's name (the CPU its numerics ran on), or with ``numerics``
+    False the top-level name :func:`same_hardware` compares (the CPU latencies were timed on)."""
+    name = (env.get("hardware") or {}).get("cpu", env.get("cpu")) if numerics else env.get("cpu")
     ident = env.get("cpu_id")
     return f"{name} [{ident}]" if ident else f"{name}"
-
-
-def _named(env: dict[str, Any]) -> str:
-    """The CPU latencies were measured on (:func:`same_hardware`'s name and id), in words."""
-    ident = env.get("cpu_id")
-    return f"{env.get('cpu')}" + (f" [{ident}]" if ident else "")
 
 
 def _dense_moved(result: CaseResult, baseline: Baseline) -> bool:
@@ -451,7 +446,7 @@ def evaluate(
     hardware_note = ""
     if baseline is not None and not same_hardware(baseline.env, env):
         hardware_note = (
-            f"skipped: baseline measured on other hardware ({_named(baseline.env)},"
+            f"skipped: baseline measured on other hardware ({_cpu(baseline.env, numerics=False)},"
             f" {baseline.env.get('threads')} threads); compare same-run speedup"
         )
     data_changed = (

@@ -433,6 +433,18 @@ def test_latency_vs_baseline_on_other_hardware_is_skipped_visibly() -> None:
     assert same.lines()[0].startswith("pruned.latency_ms_p50: baseline 0.1000, now 0.8000")
 
 
+def test_a_cpu_of_the_same_name_and_another_id_is_named_by_its_id() -> None:
+    here = environment(1)
+    there = {**here, "cpu_id": "GenuineIntel 6/143/8"}  # same model name, another generation
+    base = dict(NOW, **{"pruned.latency_ms_p50": 0.1})
+    rule = RuleSpec("pruned.latency_ms_p50", max_rel_drop=0.1)
+    (check,) = _evaluate(NOW, _baseline(base, env=there), rule).checks
+    assert check.passed is None
+    assert check.note.startswith(
+        f"skipped: baseline measured on other hardware ({here['cpu']} [GenuineIntel 6/143/8],"
+    )
+
+
 def test_timing_bounds_on_other_hardware_flag_instead_of_failing() -> None:
     # a same-run speedup bound holds on the hardware it was written for; a runner of another
     # CPU generation ("AMD EPYC" both, other family/model) can time the same kernels apart
