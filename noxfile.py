@@ -160,7 +160,19 @@ def gate(session: nox.Session) -> None:
 @shared()
 def tests(session: nox.Session) -> None:
     """Run the harness's own tests (unit, property-based, pytester end-to-end, xdist)."""
-    _run(session, "pytest", "tests", "-n", "2", *session.posargs, clean_numerics=True)
+    # loadgroup: the tests marked with one xdist_group (the Ray cluster's) run on one worker, so
+    # one cluster runs at a time; the others are balanced as with --dist load
+    _run(
+        session,
+        "pytest",
+        "tests",
+        "-n",
+        "2",
+        "--dist",
+        "loadgroup",
+        *session.posargs,
+        clean_numerics=True,
+    )
 
 
 @shared()

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import shutil
+import signal
 import sys
-from collections.abc import Iterator
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -46,6 +54,93 @@ finetune = { epochs = 1, lr = 1e-3 }
 name = "struct-30"
 prune = { method = "structured", sparsity = 0.3 }
 """
+
+
+# Where each worker that starts the Ray tests' cluster records its directory and sessions (set
+# by the controller, inherited by the xdist workers): a worker that dies mid-test is reported with
+# its cluster's log lines, not "worker crashed" alone, and its orphaned cluster is stopped
+RAY_LOGS = "HARNESS_TEST_RAY_LOGS"
+RAY_LOG_FILES = (
+    "node-*.log",  # what each `ray start` printed
+    "session_latest/logs/ray_process_exit.log",  # which of a node's processes ended, and how
+    "session_latest/logs/python-core-driver-*.log",  # the driver's Ray core: why it died
+    "session_latest/logs/raylet.out",
+    "session_latest/logs/gcs_server.out",
+)
+RAY_LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+ [WEF] ")  # a warning, an error, a fatal
+RAY_START_INFO = re.compile(r"\t(INFO|SUCC) ")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or RAY_LOGS in os.environ:
+        return  # an xdist worker, or a pytester run inside this session: the controller's
+    where = tempfile.mkdtemp(prefix="harness-ray-logs-")
+    os.environ[RAY_LOGS] = where
+
+    def cleanup() -> None:
+        shutil.rmtree(where, ignore_errors=True)
+        os.environ.pop(RAY_LOGS, None)
+
+    config.add_cleanup(cleanup)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: object) -> None:
+    """An xdist worker died during ``crashitem``: add what the logs of the Ray cluster it ran
+    say (a driver's Ray core ends its process when its raylet or GCS is lost, and says why only
+    there), then stop that cluster (its nodes outlive the worker that started them)."""
+    where = os.environ.get(RAY_LOGS)
+    if not where:
+        return
+    for record in sorted(Path(where).glob("*.cluster")):
+        temp_dir, *sessions = record.read_text().split("\n")
+        for pattern in RAY_LOG_FILES:
+            for log in sorted(Path(temp_dir).glob(pattern), key=lambda f: f.stat().st_mtime):
+                lines = log.read_text(errors="replace").splitlines()
+                if log.name.startswith("node-"):
+                    lines = [line for line in lines if not RAY_START_INFO.search(line)]
+                elif log.suffix != ".log" or "driver" in log.name:
+                    lines = [line for line in lines if RAY_LOG_LINE.match(line)]
+                if lines:
+                    text = "\n".join(line[:500] for line in lines[-30:])
+                    report.sections.append((f"{record.stem}'s Ray cluster: {log.name}", text))
+        kill_sessions({int(sid) for sid in sessions if sid})
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        record.unlink()
+
+
+def kill_sessions(sids: set[int]) -> None:
+    """SIGKILL every process of these sessions (a ``ray start`` started in its own session, and
+    what it started: raylet, agents, workers, which Ray puts in process groups of their own).
+    Linux: the processes are found through /proc (the Ray tests run there only)."""
+    for _ in range(5):
+        pids = []
+        for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.getsid(int(entry)) in sids and _state(int(entry)) not in "ZX":
+                        pids.append(int(entry))
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (Z: a zombie, which no signal ends); X when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "X"
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+@pytest.fixture(scope="session", name="kill_sessions")
+def kill_sessions_fixture() -> Callable[[set[int]], None]:
+    """:func:`kill_sessions`, for the tests that start process sessions of their own."""
+    return kill_sessions
 
 
 # What an inner run must not see of the real CI: its job summary, its run tags, its MLflow store.

@@ -9,10 +9,8 @@ this machine).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +19,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,10 @@ from harness.executors import (  # noqa: E402
 )
 from harness.executors._ray import RayExecutor  # noqa: E402
 
+# one worker under xdist (`--dist loadgroup`, as `nox -s tests` runs) runs this module: one cluster
+# of ray processes on the machine at a time, whatever the number of workers
+pytestmark = pytest.mark.xdist_group("ray-cluster")
+
 WAIT = 90.0  # seconds: the longest any step of a test waits for the cluster
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -55,38 +57,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process of session ``sid`` (a ``ray start`` started in its own session, and
-    what it started: raylet, agents, workers, which Ray puts in process groups of their own)."""
-    for _ in range(5):
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError):
-                    if os.getsid(int(entry)) == sid and _state(int(entry)) not in "ZX":
-                        pids.append(int(entry))
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
-
-
-def _state(pid: int) -> str:
+def _exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether ``proc`` has exited, without reaping it (its pid, its session's id, stays taken
+    until :meth:`Cluster.kill` reaps it)."""
+    if proc.returncode is not None:
+        return True
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "X"
-    return stat.rsplit(")", 1)[1].split()[0]
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 @dataclass
 class Cluster:
-    """``ray start`` processes of one Ray cluster, each the leader of its own session."""
+    """``ray start`` processes of one Ray cluster, each the leader of its own session.
+
+    ``record``: a file naming the cluster's directory and its sessions, for conftest's report
+    of an xdist worker that dies mid-test (it adds the logs and stops the orphaned cluster).
+    """
 
     temp_dir: Path
     port: int
+    kill_sessions: Callable[[set[int]], None]
+    record: Path | None = None
     nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -94,22 +87,44 @@ class Cluster:
         return f"127.0.0.1:{self.port}"
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
+        """Start a node; every port it listens on is a free one (Ray's defaults are fixed
+        numbers: a second node or cluster on this machine would find them taken)."""
+        ports = [f"--dashboard-agent-listen-port={_free_port()}"]
+        if "--head" in args:
+            ports.append(f"--dashboard-port={_free_port()}")
         log = (self.temp_dir / f"node-{len(self.nodes)}.log").open("wb")
         proc = subprocess.Popen(
-            [RAY, "start", "--num-cpus=1", "--disable-usage-stats", "--block", *args],
+            [RAY, "start", "--num-cpus=1", "--disable-usage-stats", "--block", *ports, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.nodes.append(proc)
+        self._write_record()
         return proc
+
+    def _write_record(self) -> None:
+        """Name the directory and the sessions of the nodes not yet reaped (a reaped one's id
+        may be another process's by now)."""
+        if self.record is not None:
+            sessions = [proc.pid for proc in self.nodes if proc.returncode is None]
+            self.record.write_text("\n".join(map(str, [self.temp_dir, *sessions])))
 
     def log(self, i: int) -> str:
         return (self.temp_dir / f"node-{i}.log").read_text(errors="replace")[-2000:]
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        _kill_session(proc.pid)
+        """SIGKILL ``proc``'s session and reap it; nothing once it was reaped.
+
+        Until its leader is reaped a session's id is a pid no other process can get; after,
+        the number is free again (this machine may give out only 32768) and a later
+        ``ray start`` of another test can lead a session of that id.
+        """
+        if proc.returncode is not None:
+            return
+        self.kill_sessions({proc.pid})
         proc.wait(timeout=WAIT)
+        self._write_record()
 
     def wait_alive(self, count: int) -> list[dict[str, Any]]:
         """The alive nodes, once there are ``count`` (this process must be connected)."""
@@ -127,11 +142,14 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def cluster(kill_sessions: Callable[[set[int]], None]) -> Iterator[Cluster]:
     """A head node and a second node (custom resource ``second``), 1 CPU each."""
     # a short private temp dir: Ray's socket paths must stay under 108 characters
     temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
-    c = Cluster(temp_dir, _free_port())
+    logs = os.environ.get("HARNESS_TEST_RAY_LOGS")  # set by conftest
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    record = Path(logs, f"{worker}.cluster") if logs else None
+    c = Cluster(temp_dir, _free_port(), kill_sessions, record)
     mp = pytest.MonkeyPatch()
     # no token authentication, whatever ~/.ray/auth_token holds: `ray start` turns it on when
     # that file exists (a local ray.init() writes it), and a driver then needs the token too
@@ -145,7 +163,7 @@ def cluster() -> Iterator[Cluster]:
                 socket.create_connection(("127.0.0.1", c.port), timeout=1).close()
                 break
             except OSError:
-                if c.nodes[0].poll() is not None or time.monotonic() > deadline:
+                if _exited(c.nodes[0]) or time.monotonic() > deadline:
                     pytest.fail(f"the Ray head did not start:\n{c.log(0)}")
                 time.sleep(0.2)
         c.start(f"--address={c.address}", '--resources={"second": 1}')
@@ -155,6 +173,8 @@ def cluster() -> Iterator[Cluster]:
             c.kill(proc)
         mp.undo()
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if c.record is not None:
+            c.record.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +261,18 @@ def die_times(job: tuple[int, str, int]) -> float:
     i, where, times = job
     if _attempt(where, i) <= times:
         os._exit(1)
+    return _value(i)
+
+
+def die_or_wait(job: tuple[int, str]) -> float:
+    """Job 0 kills its worker, every attempt; the others wait (bounded) to be cancelled."""
+    i, where = job
+    _attempt(where, i)
+    if i == 0:
+        os._exit(1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
     return _value(i)
 
 
@@ -334,6 +366,35 @@ def test_dead_worker_is_retried_then_reported(
     assert len(list(tmp_path.glob("attempt-1-*"))) == 2  # retries=1: two attempts, no third
 
 
+def test_a_lost_job_ends_the_map_and_cancels_the_others_not_itself(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a cancel of the task whose loss ray.get just reported may race Ray's retry bookkeeping and
+    # end this process (ray-project/ray#54260): the executor cancels only the jobs not yet ended
+    cancelled: list[Any] = []
+    cancel = ray.cancel
+
+    def record(ref: Any, **kwargs: Any) -> None:
+        cancelled.append(ref)
+        cancel(ref, **kwargs)
+
+    monkeypatch.setattr(ray, "cancel", record)
+    other = create("ray", address=cluster.address, retries=1)
+    try:
+        start = time.monotonic()
+        with pytest.raises(WorkerLost, match=r"^job 0: its Ray worker or node was lost 2 time"):
+            # two jobs on the cluster's two CPUs: job 0's retry runs on the CPU its first try left
+            other.map(die_or_wait, [(i, str(tmp_path)) for i in range(2)])
+        assert len(cancelled) == 1  # job 1, running
+        for ref in cancelled:
+            with pytest.raises(ray.exceptions.TaskCancelledError):
+                ray.get(ref, timeout=WAIT)
+        assert time.monotonic() - start < 50  # cancelled, not waited for (it sleeps 60 s)
+    finally:
+        other.close()
+    assert len(list(tmp_path.glob("attempt-0-*"))) == 2
+
+
 def test_node_killed_mid_map_loses_nothing(
     cluster: Cluster, executor: RayExecutor, tmp_path: Path
 ) -> None:
@@ -368,8 +429,7 @@ def test_node_killed_mid_map_loses_nothing(
             assert runs, f"job {i} was never run again after its node died"
         print(f"node death to map result: {done - killed[0]:.1f} s")
     finally:
-        if victim.poll() is None:
-            cluster.kill(victim)
+        cluster.kill(victim)  # a no-op once the killer thread did it
 
 
 CASE_SUITE = """\

@@ -217,11 +217,13 @@ class RayExecutor:
         task = self._remote.options(**self._options(resources))
         refs = [task.remote(fn, job) for job in jobs]
         results: list[R] = []
+        answered = 0  # refs[:answered] ran to an end: a result, or the failure raised here
         try:
             for i, ref in enumerate(refs):
                 try:
                     results.append(ray.get(ref))
                 except ray.exceptions.RayTaskError as err:  # the job's own exception
+                    answered = i + 1
                     cause = err.cause
                     if isinstance(cause, BaseException) and not isinstance(
                         cause, ray.exceptions.RayError
@@ -229,20 +231,21 @@ class RayExecutor:
                         raise cause from err
                     raise err.as_instanceof_cause() from None
                 except _lost(ray) as err:  # its worker or node died, every time
+                    answered = i + 1
                     raise WorkerLost(
                         f"{label(i)}: its Ray worker or node was lost {self.retries + 1} time(s) "
                         f"({type(err).__name__}: {_first_line(err)}); the worker logs are in the "
                         "Ray session's logs directory (`ray logs cluster`)"
                     ) from None
                 except ray.exceptions.RayError as err:  # cancelled, runtime_env failed, ...
+                    answered = i + 1
                     raise ExecutorError(
                         f"{label(i)}: Ray could not run it ({type(err).__name__}: "
                         f"{_first_line(err)})"
                     ) from None
+                answered = i + 1
         except BaseException:
-            for ref in refs[len(results) :]:  # the jobs still queued or running are not needed
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref)
+            _cancel(ray, refs[answered:])
             raise
         return results
 
@@ -251,6 +254,22 @@ class RayExecutor:
         if self._started and self._ray.is_initialized():
             self._ray.shutdown()
         self._started, self._local_cpus, self._remote = False, None, None
+
+
+def _cancel(ray: Any, refs: list[Any]) -> None:
+    """Cancel the jobs of ``refs`` still queued or running: the map failed, they are not needed.
+
+    Never one whose end :func:`ray.get` has reported: Ray may still be settling that task's
+    retries, and a cancel racing a retry fails a check in the driver's Ray core, which ends the
+    whole process (ray-project/ray#54260); one already ended has nothing to cancel anyway.
+    """
+    if not refs:
+        return
+    with contextlib.suppress(Exception):
+        _, refs = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for ref in refs:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref)
 
 
 def _lost(ray: Any) -> tuple[type[BaseException], ...]:
