@@ -99,7 +99,7 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: obj
                 lines = log.read_text(errors="replace").splitlines()
                 if log.name.startswith("node-"):
                     lines = [line for line in lines if not RAY_START_INFO.search(line)]
-                elif log.suffix != ".log" or "driver" in log.name:
+                elif log.name != "ray_process_exit.log":  # Ray's own log lines
                     lines = [line for line in lines if RAY_LOG_LINE.match(line)]
                 if lines:
                     text = "\n".join(line[:500] for line in lines[-30:])

@@ -217,13 +217,11 @@ class RayExecutor:
         task = self._remote.options(**self._options(resources))
         refs = [task.remote(fn, job) for job in jobs]
         results: list[R] = []
-        answered = 0  # refs[:answered] ran to an end: a result, or the failure raised here
         try:
             for i, ref in enumerate(refs):
                 try:
                     results.append(ray.get(ref))
                 except ray.exceptions.RayTaskError as err:  # the job's own exception
-                    answered = i + 1
                     cause = err.cause
                     if isinstance(cause, BaseException) and not isinstance(
                         cause, ray.exceptions.RayError
@@ -231,21 +229,18 @@ class RayExecutor:
                         raise cause from err
                     raise err.as_instanceof_cause() from None
                 except _lost(ray) as err:  # its worker or node died, every time
-                    answered = i + 1
                     raise WorkerLost(
                         f"{label(i)}: its Ray worker or node was lost {self.retries + 1} time(s) "
                         f"({type(err).__name__}: {_first_line(err)}); the worker logs are in the "
                         "Ray session's logs directory (`ray logs cluster`)"
                     ) from None
                 except ray.exceptions.RayError as err:  # cancelled, runtime_env failed, ...
-                    answered = i + 1
                     raise ExecutorError(
                         f"{label(i)}: Ray could not run it ({type(err).__name__}: "
                         f"{_first_line(err)})"
                     ) from None
-                answered = i + 1
         except BaseException:
-            _cancel(ray, refs[answered:])
+            _cancel(ray, refs[len(results) :])
             raise
         return results
 
@@ -259,15 +254,18 @@ class RayExecutor:
 def _cancel(ray: Any, refs: list[Any]) -> None:
     """Cancel the jobs of ``refs`` still queued or running: the map failed, they are not needed.
 
-    Never one whose end :func:`ray.get` has reported: Ray may still be settling that task's
-    retries, and a cancel racing a retry fails a check in the driver's Ray core, which ends the
-    whole process (ray-project/ray#54260); one already ended has nothing to cancel anyway.
+    Never one that has ended, the failed one whose end :func:`ray.get` just reported included:
+    Ray may still be settling that task's retries, and a cancel racing a retry fails a check in
+    the driver's Ray core, which ends the whole process (ray-project/ray#54260). When Ray cannot
+    tell which have ended, none is cancelled (a cancel saves cluster time, nothing more).
     """
     if not refs:
         return
-    with contextlib.suppress(Exception):
-        _, refs = ray.wait(refs, num_returns=len(refs), timeout=0)
-    for ref in refs:
+    try:
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+    except Exception:
+        return
+    for ref in pending:
         with contextlib.suppress(Exception):
             ray.cancel(ref)
 
