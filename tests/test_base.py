@@ -140,7 +140,10 @@ def test_head_is_gated_against_the_base_measured_here(tmp_path: Path) -> None:
     checks = {c["key"]: c for c in _report(root)["verdict"]["checks"]}
     latency = checks["pruned.latency_batch_ms_p50"]
     assert latency["passed"] is True and latency["reference"] is not None, latency
-    assert not _report(root)["verdict"]["notes"], _report(root)["verdict"]["notes"]
+    # and nothing skipped or told apart by hardware; the advisory speedup flag, a same-run
+    # timing of this tiny model (batch 8, 2 repeats), may be raised on a busy machine
+    notes = _report(root)["verdict"]["notes"]
+    assert not [n for n in notes if not n.startswith("speedup not real")], notes
 
     # the second session reuses the cached base (the marker is not rewritten); an xdist worker
     # compares with the same directory (with baselines/ it would find none and fail as new)
